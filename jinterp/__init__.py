@@ -1,0 +1,23 @@
+"""jinterp: interpretable CNNs on JAX/Flax.
+
+Subpackages are imported lazily (``ji.explain`` loads on first access), so importing jinterp
+is cheap and a notebook only pays for what it uses.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBPACKAGES = ("backbones", "data", "losses", "explain", "metrics", "train", "sweep", "viz")
+
+
+def __getattr__(name):
+    if name in _SUBPACKAGES:
+        module = importlib.import_module(f"jinterp.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'jinterp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBPACKAGES))
