@@ -1,0 +1,12 @@
+"""Post-hoc explanations of any Flax CNN returning ``(logits, out)``.
+
+>>> fn = get('score_cam(layer="conv5_3", batch=64)')
+>>> heat = fn(model, variables, images, targets)        # (N, H, W) float32 in [0, 1]
+>>> heat = explain('grad_cam(layer="conv5_3")', model, variables, images, targets)  # jitted, cached
+
+``METHODS`` maps each method name to its factory and metadata (see :class:`registry.Method`).
+"""
+
+from jinterp.explain.registry import METHODS, Method, explain, get, jitted, method, parse, register
+
+__all__ = ["METHODS", "Method", "explain", "get", "jitted", "method", "parse", "register"]

@@ -1,0 +1,199 @@
+"""The explainer registry: method name -> factory + metadata, spec strings, jitted cached calls.
+
+A method is a factory that closes over its hyper-parameters and returns a pure function
+``fn(model, variables, images, targets) -> (N, H, W) float32 heatmaps in [0, 1]``::
+
+    @register("grad_cam", needs_gradients=True, forward_passes=1, backward_passes=1, doc="...")
+    def grad_cam(layer=None): ...
+
+    fn = get('score_cam(layer="conv5_3", batch=64)')     # factory(**options), options are literals
+    heat = explain('grad_cam(layer="conv5_3")', model, variables, images, targets)  # jitted + cached
+
+Spec strings are parsed with :mod:`ast` (a bare name or a call with keyword arguments whose
+values are Python literals); nothing is ever evaluated.
+"""
+
+import ast
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jinterp.checks import check_images, check_targets
+
+ExplainFn = Callable[..., jax.Array]
+Count = int | Callable[..., int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registered explainer.
+
+    Attributes:
+      name: registry key.
+      factory: ``factory(**options) -> fn(model, variables, images, targets)``.
+      needs_gradients: whether ``fn`` differentiates the model.
+      forward_passes: passes through the network per image; an int, or a function whose
+        parameters are named ``channels`` (channels of the explained layer) and/or any of the
+        factory's options (defaults filled in), e.g. ``lambda channels: channels + 1``.
+      backward_passes: same convention as ``forward_passes``.
+      doc: one-line description.
+    """
+
+    name: str
+    factory: Callable[..., ExplainFn]
+    needs_gradients: bool
+    forward_passes: Count
+    backward_passes: Count
+    doc: str
+
+    def options(self, **overrides) -> dict[str, Any]:
+        """The factory's options with defaults, updated by ``overrides`` (validated)."""
+        sig = inspect.signature(self.factory)
+        try:
+            bound = sig.bind(**overrides)
+        except TypeError as e:
+            valid = [p for p in sig.parameters]
+            raise ValueError(
+                f"spec: bad options {sorted(overrides)} for {self.name!r} ({e}); valid: {valid}"
+            ) from e
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def passes(self, channels: int, **options) -> tuple[int, int]:
+        """``(forward, backward)`` passes per image for a layer with ``channels`` channels."""
+        values = {"channels": channels, **self.options(**options)}
+
+        def count(c):
+            if not callable(c):
+                return int(c)
+            params = inspect.signature(c).parameters
+            return int(c(**{k: values[k] for k in params}))
+
+        return count(self.forward_passes), count(self.backward_passes)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(
+    name: str,
+    factory: Callable[..., ExplainFn] | None = None,
+    *,
+    needs_gradients: bool,
+    forward_passes: Count,
+    backward_passes: Count,
+    doc: str,
+):
+    """Add a method to :data:`METHODS`; usable as ``register(name, factory, ...)`` or as a decorator.
+
+    Raises ValueError if ``name`` is already registered to a different factory.
+    """
+
+    def add(f):
+        old = METHODS.get(name)
+        if old is not None and old.factory is not f:
+            raise ValueError(f"name: method {name!r} is already registered (by {old.factory.__module__})")
+        METHODS[name] = Method(name, f, needs_gradients, forward_passes, backward_passes, doc)
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def parse(spec: str) -> tuple[str, dict[str, Any]]:
+    """``'score_cam(layer="conv5_3", batch=64)'`` -> ``("score_cam", {"layer": "conv5_3", "batch": 64})``.
+
+    Accepts a bare name or a call with keyword arguments whose values are literals (numbers,
+    strings, tuples/lists, None, booleans). Raises ValueError otherwise.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"spec: expected a string such as 'grad_cam(layer=\"conv5_3\")', got {type(spec).__name__}"
+        )
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise ValueError(f"spec: cannot parse {spec!r}: {e.msg}") from e
+    if isinstance(node, ast.Name):
+        return node.id, {}
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        raise ValueError(f"spec: expected 'name' or 'name(key=value, ...)', got {spec!r}")
+    if node.args:
+        raise ValueError(f"spec: options must be keyword arguments (key=value), got {spec!r}")
+    options = {}
+    for kw in node.keywords:
+        if kw.arg is None:
+            raise ValueError(f"spec: '**' is not allowed in {spec!r}")
+        try:
+            value = ast.literal_eval(kw.value)
+        except ValueError as e:
+            raise ValueError(f"spec: option {kw.arg!r} must be a literal in {spec!r}") from e
+        options[kw.arg] = tuple(value) if isinstance(value, list) else value
+    return node.func.id, options
+
+
+def method(spec: str) -> tuple[Method, dict[str, Any]]:
+    """The registered :class:`Method` and its full (defaults filled in) options for ``spec``."""
+    name, options = parse(spec)
+    if name not in METHODS:
+        raise ValueError(f"spec: unknown method {name!r}; expected one of {sorted(METHODS)}")
+    m = METHODS[name]
+    return m, m.options(**options)
+
+
+def get(spec: str) -> ExplainFn:
+    """The pure explain function ``fn(model, variables, images, targets) -> (N, H, W)`` for ``spec``."""
+    m, options = method(spec)
+    return m.factory(**options)
+
+
+def _key(spec: str) -> tuple:
+    m, options = method(spec)
+    return m.name, tuple(sorted((k, _hashable(v)) for k, v in options.items()))
+
+
+def _hashable(v):
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    return v
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(key: tuple) -> ExplainFn:
+    name, options = key
+    fn = METHODS[name].factory(**dict(options))
+    return jax.jit(fn, static_argnums=0)
+
+
+def jitted(spec: str) -> ExplainFn:
+    """``jax.jit(get(spec), static_argnums=0)``, cached per normalised spec (the model is static)."""
+    return _compiled(_key(spec))
+
+
+def explain(spec: str, model, variables: dict, images: jax.Array, targets: jax.Array) -> jax.Array:
+    """Heatmaps for ``images`` and per-image ``targets`` with the method selected by ``spec``.
+
+    Validates the inputs on the host, then calls the jitted function cached for (spec, model);
+    a second call with the same shapes does not retrace.
+
+    Args:
+      spec: method spec, e.g. ``'grad_cam(layer="conv5_3")'`` (see :func:`parse`).
+      model: a Flax module returning ``(logits, out)`` (hashable; a static jit argument).
+      variables: its variables.
+      images: (N, H, W, 3) float32.
+      targets: (N,) int class per image.
+
+    Returns:
+      (N, H, W) float32 heatmaps in [0, 1].
+    """
+    fn = jitted(spec)
+    check_images(images, min_size=int(getattr(model, "min_size", 1)))
+    check_targets(targets, np.shape(images)[0], getattr(model, "num_classes", None))
+    return fn(model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets))
