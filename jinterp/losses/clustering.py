@@ -1,0 +1,153 @@
+"""On-device clustering in JAX: k-means (k-means++ seeding, Lloyd iterations) and spectral clustering.
+
+Both are pure, jittable and vmappable (e.g. one k-means per image for Cluster-CAM, one spectral
+clustering per deep region for HICCNN). Shapes are static: ``k`` and iteration counts are Python ints.
+
+>>> res = kmeans(x, 5, jax.random.key(0))             # x: (N, D) -> res.labels (N,), res.centroids (5, D)
+>>> labels = spectral_clustering(affinity, 5, key)    # affinity: (N, N) symmetric, >= 0
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class KMeansResult(NamedTuple):
+    """Output of :func:`kmeans` (the best of ``n_init`` restarts)."""
+
+    labels: jax.Array  # (N,) int32 cluster index of each point
+    centroids: jax.Array  # (k, D)
+    inertia: jax.Array  # () sum of squared distances of points to their centroid
+
+
+def _sq_dists(x: jax.Array, c: jax.Array) -> jax.Array:
+    """(N, k) squared Euclidean distances via the matmul expansion (one GEMM, no (N, k, D) tensor)."""
+    d = jnp.sum(x * x, 1)[:, None] - 2.0 * x @ c.T + jnp.sum(c * c, 1)[None, :]
+    return jnp.maximum(d, 0.0)
+
+
+def _kmeans_pp(x: jax.Array, k: int, key: jax.Array) -> jax.Array:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with prob. ~ D(x)^2."""
+    key, first = jax.random.split(key)
+    c0 = x[jax.random.randint(first, (), 0, x.shape[0])]
+    centroids = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(c0)
+    d2 = _sq_dists(x, c0[None])[:, 0]
+
+    def body(i, carry):
+        centroids, d2, key = carry
+        key, sub = jax.random.split(key)
+        # Fewer distinct points than k leaves d2 == 0 everywhere: fall back to a uniform draw.
+        weights = jnp.where(d2.sum() > 0, d2, 1.0)
+        idx = jax.random.categorical(sub, jnp.log(weights))
+        centroids = centroids.at[i].set(x[idx])
+        d2 = jnp.minimum(d2, _sq_dists(x, x[idx][None])[:, 0])
+        return centroids, d2, key
+
+    centroids, _, _ = jax.lax.fori_loop(1, k, body, (centroids, d2, key))
+    return centroids
+
+
+def _lloyd(x: jax.Array, centroids: jax.Array, iters: int, tol: float) -> KMeansResult:
+    k = centroids.shape[0]
+
+    def step(c):
+        labels = jnp.argmin(_sq_dists(x, c), axis=1)
+        onehot = jax.nn.one_hot(labels, k, dtype=x.dtype)
+        counts = onehot.sum(0)
+        means = (onehot.T @ x) / jnp.maximum(counts, 1.0)[:, None]
+        # An empty cluster keeps its centre (sklearn relocates it; rare with k-means++ seeding).
+        return jnp.where(counts[:, None] > 0, means, c)
+
+    def cond(carry):
+        i, _, shift = carry
+        return (i < iters) & (shift > tol)
+
+    def body(carry):
+        i, c, _ = carry
+        new = step(c)
+        return i + 1, new, jnp.sum((new - c) ** 2)
+
+    _, centroids, _ = jax.lax.while_loop(cond, body, (0, centroids, jnp.array(jnp.inf, x.dtype)))
+    d = _sq_dists(x, centroids)
+    labels = jnp.argmin(d, axis=1).astype(jnp.int32)
+    return KMeansResult(labels, centroids, jnp.take_along_axis(d, labels[:, None], 1).sum())
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iters", "n_init"))
+def kmeans(
+    x: jax.Array, k: int, key: jax.Array, iters: int = 100, n_init: int = 10, tol: float = 1e-6
+) -> KMeansResult:
+    """k-means of the rows of ``x``: k-means++ seeding, Lloyd iterations, best of ``n_init`` restarts.
+
+    Same objective and defaults as ``sklearn.cluster.KMeans(n_init=10, max_iter=300)`` (lloyd), with
+    plain (not greedy) k-means++ seeding. Restarts run in parallel (vmap); iterations stop when the
+    centroids move less than ``tol`` (squared, summed) or after ``iters``.
+
+    Args:
+      x: (N, D) points.
+      k: number of clusters (static).
+      key: PRNG key; the result is a deterministic function of it.
+      iters: maximum Lloyd iterations (static).
+      n_init: restarts (static); the one with the lowest inertia is returned.
+      tol: convergence threshold on the squared centroid shift.
+
+    Returns:
+      :class:`KMeansResult` (labels (N,), centroids (k, D), inertia ()).
+    """
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim != 2:
+        raise ValueError(f"x: expected a (N, D) array, got shape {x.shape}")
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k: expected 1 <= k <= N = {x.shape[0]}, got {k}")
+
+    def run(key):
+        return _lloyd(x, _kmeans_pp(x, k, key), iters, tol)
+
+    runs = jax.vmap(run)(jax.random.split(key, n_init))
+    best = jnp.argmin(runs.inertia)
+    return jax.tree.map(lambda a: a[best], runs)
+
+
+def spectral_embedding(affinity: jax.Array, k: int) -> jax.Array:
+    """(N, k) spectral embedding of a precomputed affinity, as sklearn's ``spectral_embedding``.
+
+    The normalised Laplacian ignores self-affinities (scipy's ``laplacian(normed=True)`` zeroes the
+    diagonal), so the top-k eigenvectors of D^-1/2 A D^-1/2 (A without its diagonal) are taken and
+    divided by sqrt(degree) (sklearn's ``embedding / dd``). Sign flips are skipped: k-means on the
+    embedding does not depend on them.
+    """
+    a = 0.5 * (affinity + affinity.T)
+    a = a * (1.0 - jnp.eye(a.shape[0], dtype=a.dtype))
+    deg = a.sum(1)
+    dd = jnp.sqrt(jnp.where(deg > 0, deg, 1.0))  # isolated nodes: degree 1, as scipy
+    _, vecs = jnp.linalg.eigh(a / dd[:, None] / dd[None, :])
+    return vecs[:, ::-1][:, :k] / dd[:, None]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iters", "n_init"))
+def spectral_clustering(
+    affinity: jax.Array, k: int, key: jax.Array, iters: int = 100, n_init: int = 10
+) -> jax.Array:
+    """Spectral clustering of a precomputed affinity (Ng-Jordan-Weiss / sklearn ``SpectralClustering``).
+
+    Mirrors ``sklearn.cluster.SpectralClustering(k, affinity='precomputed', assign_labels='kmeans')``,
+    which the icCNN code uses to group filters (reference-code notes §1): normalised spectral
+    embedding (:func:`spectral_embedding`), then :func:`kmeans` on its rows. Runs on device.
+
+    Args:
+      affinity: (N, N) non-negative similarity (e.g. icCNN's s_ij = Pearson + 1, HICCNN eq. 1).
+      k: number of clusters (static).
+      key: PRNG key for k-means seeding.
+      iters, n_init: k-means settings (static).
+
+    Returns:
+      (N,) int32 cluster index per node.
+    """
+    affinity = jnp.asarray(affinity, jnp.float32)
+    if affinity.ndim != 2 or affinity.shape[0] != affinity.shape[1]:
+        raise ValueError(f"affinity: expected a square (N, N) matrix, got shape {affinity.shape}")
+    if not 1 <= k <= affinity.shape[0]:
+        raise ValueError(f"k: expected 1 <= k <= N = {affinity.shape[0]}, got {k}")
+    return kmeans(spectral_embedding(affinity, k), k, key, iters=iters, n_init=n_init).labels
