@@ -31,7 +31,8 @@ _NCHW_FLATTENED = {(vgg.VGG, "fc6"): (512, 7, 7)}
 def _to_numpy(value) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensor, without importing torch
         value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    # copy: jax may alias host memory, and torch updates BN buffers in place
+    return np.array(value, copy=True)
 
 
 def _convert(collection: str, leaf: str, value: np.ndarray, nchw: tuple[int, int, int] | None) -> np.ndarray:
