@@ -9,4 +9,7 @@
 
 from jinterp.explain.registry import METHODS, Method, explain, get, jitted, method, parse, register
 
+# Importing a method module registers its methods.
+from jinterp.explain import cam  # noqa: E402, F401  isort: skip
+
 __all__ = ["METHODS", "Method", "explain", "get", "jitted", "method", "parse", "register"]

@@ -1,0 +1,125 @@
+"""The CAM pipeline shared by every method: per-layer CAM -> ReLU -> resize -> per-image [0, 1] scaling.
+
+The order and epsilons reproduce pytorch-grad-cam (PGC) ``BaseCAM.compute_cam_per_layer`` +
+``aggregate_multi_layers``: each layer's low-resolution CAM is ReLU'd, min-max scaled
+(``(x - min) / (max - min + 1e-7)``), upsampled bilinearly with half-pixel centres (``cv2.resize``
+``INTER_LINEAR``); the layers are averaged and the mean is min-max scaled again. A constant or
+all-zero map becomes an all-zero heatmap (never NaN).
+
+Resizing is a pair of small interpolation matrices (one per axis), applied with ``einsum``: exact
+cv2/torch semantics for both ``align_corners`` conventions, and one GEMM on device.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jinterp.backbones import check_layers, layer_shapes, min_size, strip_perturbations, target_logit
+from jinterp.checks import check_choice, check_images, check_targets
+
+EPS = 1e-7  # PGC scale_cam_image
+
+
+@functools.lru_cache(maxsize=128)
+def interp_matrix(n_in: int, n_out: int, align_corners: bool = False) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights along one axis.
+
+    ``align_corners=False``: half-pixel centres, source ``(i + 0.5) * n_in / n_out - 0.5`` clamped
+    to ``[0, n_in - 1]`` (cv2 ``INTER_LINEAR``, torch ``align_corners=False``, jax.image 'linear'
+    when upsampling). ``align_corners=True``: source ``i * (n_in - 1) / (n_out - 1)`` (torch
+    ``nn.UpsamplingBilinear2d``, which PGC's Score-CAM uses for its masks).
+    """
+    i = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = i * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros_like(i)
+    else:
+        src = (i + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m.astype(np.float32)
+
+
+def upsample(maps: jax.Array, size: tuple[int, int], align_corners: bool = False) -> jax.Array:
+    """Bilinear resize of (..., h, w) maps to (..., H, W)."""
+    h, w = maps.shape[-2:]
+    ry = jnp.asarray(interp_matrix(h, size[0], align_corners))
+    rx = jnp.asarray(interp_matrix(w, size[1], align_corners))
+    return jnp.einsum("Yh,...hw,Xw->...YX", ry, maps, rx, precision=jax.lax.Precision.HIGHEST)
+
+
+def minmax(x: jax.Array, axes: Sequence[int] = (-2, -1), eps: float = EPS) -> jax.Array:
+    """``(x - min) / (max - min + eps)`` over ``axes``: [0, 1], zero for constant input (PGC)."""
+    lo = x.min(axis=tuple(axes), keepdims=True)
+    hi = x.max(axis=tuple(axes), keepdims=True)
+    return (x - lo) / (hi - lo + eps)
+
+
+def finish(cams: Sequence[jax.Array], size: tuple[int, int]) -> jax.Array:
+    """Per-layer (N, h_l, w_l) CAMs -> (N, H, W) float32 heatmaps in [0, 1] (PGC order, module doc)."""
+    per_layer = [upsample(minmax(jax.nn.relu(c.astype(jnp.float32))), size) for c in cams]
+    return minmax(jax.nn.relu(jnp.mean(jnp.stack(per_layer), axis=0)))
+
+
+def weighted_sum(maps: jax.Array, weights: jax.Array) -> jax.Array:
+    """Eq. 1 of Cluster-CAM (CAM): ``sum_k w_k A_k`` for (N, h, w, C) maps and (N, C) weights."""
+    return jnp.einsum("nhwc,nc->nhw", maps, weights, precision=jax.lax.Precision.HIGHEST)
+
+
+def default_layer(model) -> str:
+    """The last tappable layer whose map is still spatial (h, w > 1 at a 224 px input).
+
+    The same rule as torch-cam's ``locate_candidate_layer``; e.g. ``pool5`` for VGG, ``layer4`` for
+    ResNet, ``conv6`` for small_cnn. PGC has no default (its README suggests ``features[-1]``,
+    i.e. ``pool5``, for VGG).
+    """
+    shapes = layer_shapes(model, max(min_size(model), 224))
+    spatial = [k for k, s in shapes.items() if len(s) == 4 and s[1] > 1 and s[2] > 1]
+    if not spatial:
+        raise ValueError(f"layer: the model has no spatial tappable layer; layers: {list(shapes)}")
+    return spatial[-1]
+
+
+def resolve_layers(model, layer: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``None`` -> (:func:`default_layer`,); a name or names -> validated tuple."""
+    if layer is None:
+        return (default_layer(model),)
+    return check_layers(model, layer, argument="layer")
+
+
+def check_inputs(model, images, targets) -> None:
+    """Shape checks (and value checks on concrete arrays) for ``fn(model, variables, images, targets)``."""
+    check_images(images, min_size=min_size(model))
+    check_targets(targets, np.shape(images)[0], getattr(model, "num_classes", None))
+
+
+def softmax_score(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Softmax probability of each image's target class, shape (N,)."""
+    return target_logit(jax.nn.softmax(logits, axis=-1), targets)
+
+
+SCORES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "logit": target_logit,
+    "softmax": softmax_score,
+}
+
+
+def score_fn(name: str):
+    """``'logit'`` (PGC ``ClassifierOutputTarget``) or ``'softmax'`` -> ``(logits, targets) -> (N,)``."""
+    check_choice("score", name, SCORES)
+    return SCORES[name]
+
+
+def forward(model, variables: dict, images: jax.Array, perturbations: dict | None = None):
+    """``model.apply`` with only the given perturbations (variables' own ones dropped)."""
+    variables = strip_perturbations(variables)
+    if perturbations:
+        variables = {**variables, "perturbations": perturbations}
+    return model.apply(variables, images)
