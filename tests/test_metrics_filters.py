@@ -67,7 +67,9 @@ def test_assignment_metrics_match_numpy():
     np.testing.assert_allclose(out["stability"], [ent(f) for f in freq], rtol=1e-5)
     pur = [np.mean([ent(a[i, f]) for i in range(7) if a[i, f].any()]) for f in range(5)]
     np.testing.assert_allclose(out["purity"], pur, rtol=1e-5)
-    np.testing.assert_allclose(out["diversity"], [ent(a[i].max(0).astype(float)) for i in range(7)], rtol=1e-5)
+    np.testing.assert_allclose(
+        out["diversity"], [ent(a[i].max(0).astype(float)) for i in range(7)], rtol=1e-5
+    )
 
 
 def test_thresholds_are_top_quantiles_and_iou_matches_numpy():
