@@ -268,7 +268,8 @@ class _CatalogSource:
         return out
 
     def get(self, idx: np.ndarray) -> dict:
-        rows = [self._one(ex) for ex in self.ds.__getitems__([int(i) for i in idx])]
+        # One record at a time: examples are decoded and resized one by one anyway (variable shapes).
+        rows = [self._one(self.ds[int(i)]) for i in idx]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 

@@ -198,7 +198,7 @@ def _sample_params(config: PartsWorldConfig, split: str, seed: int) -> dict:
     present = label == 1 if config.binary else np.ones(n, bool)
     frac = _u(rng, n, 0.45, 0.70)
     scale = frac * S / _LENGTH  # pixels per object unit
-    reach = 1.1 * scale  # radius around the body centre that holds the whole bird
+    reach = 1.15 * scale + 1  # radius around the body centre that holds the whole bird (+1 px)
     margin = np.minimum(reach, S / 2)
     p = {
         "label": label,
