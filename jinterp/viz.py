@@ -80,24 +80,23 @@ def plot_examples(
     if masks is None and "object_mask" in batch:
         masks = np.asarray(batch["object_mask"])[..., None]
     rows_per = 1 if masks is None else 2
-    fig = Figure(figsize=(ncols * panel, nrows * rows_per * panel + 0.35 * nrows * rows_per + 0.8))
+    fig = Figure(figsize=(ncols * panel, nrows * (rows_per * panel + 0.35) + 0.6))
     height = fig.get_figheight()
-    fig.subplots_adjust(
-        left=0.01, right=0.99, top=1 - 0.45 / height, bottom=0.45 / height, wspace=0.04, hspace=0.25
-    )
-    gs = fig.add_gridspec(nrows * rows_per, ncols)
+    outer = fig.add_gridspec(nrows, 1, left=0.01, right=0.99, top=1 - 0.35 / height, bottom=0.45 / height,
+                             hspace=0.3 / panel)  # fmt: skip
+    cells = [outer[r].subgridspec(rows_per, ncols, wspace=0.04, hspace=0.04) for r in range(nrows)]
     size = images.shape[1:3]
     for i in range(n):
         r, c = divmod(i, ncols)
         label = int(np.asarray(batch["label"])[i])
         caption = class_names[label] if class_names is not None else f"class {label}"
-        ax = fig.add_subplot(gs[r * rows_per, c])
+        ax = fig.add_subplot(cells[r][0, c])
         ax.imshow(images[i], interpolation="nearest")
         ax.set_title(textwrap.fill(f"{label}: {caption}", 22), fontsize=7, pad=2)
         ax.set_axis_off()
         if masks is None:
             continue
-        ax = fig.add_subplot(gs[r * rows_per + 1, c])
+        ax = fig.add_subplot(cells[r][1, c])
         ax.imshow(part_overlay(images[i], np.asarray(masks[i])), interpolation="nearest")
         if "disc_mask" in batch and np.any(batch["disc_mask"][i]):
             ax.contour(
