@@ -92,7 +92,7 @@ def plot_examples(
         caption = class_names[label] if class_names is not None else f"class {label}"
         ax = fig.add_subplot(cells[r][0, c])
         ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(textwrap.fill(f"{label}: {caption}", 22), fontsize=7, pad=2)
+        ax.set_title(textwrap.fill(f"{label}: {caption}", 24, break_on_hyphens=False), fontsize=7, pad=2)
         ax.set_axis_off()
         if masks is None:
             continue
