@@ -1,0 +1,239 @@
+"""Training loop: whole-loop run, exact resume, no retrace, 1 vs 4 devices, optimiser recipes, losses.
+
+Runs on a tiny ``small_cnn`` (widths 4, 8) and an in-memory 16 px data set that follows the
+``jinterp.data.load`` contract (batch order a pure function of (seed, step)), so every test is fast.
+"""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import common
+from jinterp import train
+
+
+def _images(n, size, seed):
+    """Class 1 = a bright square in the left half, class 0 = in the right half, on noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n).astype(np.int32)
+    x = rng.normal(0, 0.3, (n, size, size, 3)).astype(np.float32)
+    for i, y in enumerate(labels):
+        r, c = rng.integers(0, size - 5), rng.integers(0, size // 2 - 5) + (0 if y else size // 2)
+        x[i, r : r + 5, c : c + 5] += 1.5
+    return x, labels
+
+
+class MemoryData:
+    """An in-memory data source with ``jinterp.data.load``'s signature and order contract."""
+
+    def __init__(self, n_train=64, n_test=40, size=16):
+        self.splits = {"train": _images(n_train, size, 0), "test": _images(n_test, size, 1)}
+        self.served = []  # (split, start_step) of every iterator, to check resume offsets
+
+    def load(self, name, split, batch_size, *, seed=0, start_step=0, shuffle=True, repeat=True,
+             drop_remainder=True, augment=False, host_id=0, host_count=1, **unused):  # fmt: skip
+        x, y = self.splits[split]
+        n = len(y)
+        steps = n // batch_size if drop_remainder else math.ceil(n / batch_size)
+        self.served.append((split, start_step))
+        step, last = start_step, None if repeat else (start_step // steps + 1) * steps
+        while last is None or step < last:
+            epoch, j = divmod(step, steps)
+            order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+            idx = order[j * batch_size : (j + 1) * batch_size]
+            rows = np.array_split(idx, host_count)[host_id]
+            yield {"image": x[rows], "label": y[rows], "index": rows}
+            step += 1
+
+    def data(self, cfg):
+        return train.Data(cfg, load=self.load, num_examples=lambda split: len(self.splits[split][1]))
+
+
+def tiny_config(**changes):
+    c = common.base()
+    c.model.name = "small_cnn"
+    c.model.num_classes = 2
+    c.model.kwargs.widths = (4, 8)
+    c.model.kwargs.strides = (2, 2)
+    c.data.image_size = 16
+    c.train.batch_size = 8
+    c.train.steps = 6
+    c.train.log_every = 2
+    c.train.checkpoint_every = 3
+    c.train.eval_batch_size = 16
+    c.schedule.warmup_steps = 2
+    c.optimizer.lr = 1e-2
+    for path, value in changes.items():
+        node = c
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _params(summary):
+    return jax.device_get(summary["state"].params)
+
+
+def _assert_trees_close(a, b, atol):
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b))
+    assert max(diffs) <= atol, max(diffs)
+
+
+def test_whole_loop_writes_metrics_summary_checkpoints(tmp_path):
+    src = MemoryData()
+    cfg = tiny_config(**{"train.steps": 12, "train.log_every": 4, "train.keep_checkpoints": 2})
+    summary = train.train_and_evaluate(cfg, str(tmp_path), data=src.data(cfg.data))
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    train_lines = [r for r in lines if r["split"] == "train"]
+    assert [r["step"] for r in train_lines] == [4, 8, 12]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in train_lines)
+    on_disk = json.load(open(tmp_path / "summary.json"))
+    assert on_disk["step"] == 12 and on_disk["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    # Test accuracy equals an independent evaluation of the final params on the 40 test images.
+    x, y = src.splits["test"]
+    model = train.Trainer(cfg).model
+    logits, _ = model.apply({"params": _params(summary), "batch_stats": summary["state"].batch_stats}, x)
+    assert on_disk["test_accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == y)), abs=1e-6)
+    # keep_checkpoints=2 of saves at 3, 6, 9, 12.
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [9, 12]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    cfg = tiny_config(**{"train.steps": 10, "train.checkpoint_every": 0})
+    full = train.train_and_evaluate(cfg, str(tmp_path / "full"), data=MemoryData().data(cfg.data))
+    src = MemoryData()
+    stopped = train.train_and_evaluate(cfg, str(tmp_path / "resume"), data=src.data(cfg.data), stop_after=4)
+    assert stopped == {"stopped_at": 4}
+    resumed = train.train_and_evaluate(cfg, str(tmp_path / "resume"), data=src.data(cfg.data))
+    assert resumed["resumed"] and resumed["step"] == 10
+    assert ("train", 4) in src.served  # the data restarted at the resumed step, not at 0
+    _assert_trees_close(_params(full), _params(resumed), atol=1e-6)
+    _assert_trees_close(full["state"].opt_state, resumed["state"].opt_state, atol=1e-6)
+
+
+def test_train_step_does_not_retrace_and_donates_state():
+    cfg = tiny_config()
+    trainer = train.Trainer(cfg)
+    state = trainer.init_state(10)
+    x, y = _images(8, 16, 3)
+    batch = train.shard_batch({"image": x, "label": y}, trainer.mesh)
+    old = state
+    state, _ = trainer.train_step(state, batch)
+    assert old.params["fc"]["kernel"].is_deleted()  # donated
+    state, metrics = trainer.train_step(state, batch)
+    assert trainer.train_step._cache_size() == 1
+    assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
+
+
+def test_one_device_and_four_devices_give_the_same_params(tmp_path):
+    assert jax.device_count() == 4, "conftest sets --xla_force_host_platform_device_count=4"
+    results = []
+    for n in (1, 4):
+        cfg = tiny_config(**{"num_devices": n, "train.steps": 5})
+        results.append(train.train_and_evaluate(cfg, str(tmp_path / str(n)), data=MemoryData().data(cfg.data)))
+    # Same math, different reduction order of the gradient all-reduce: float32 round-off only.
+    _assert_trees_close(_params(results[0]), _params(results[1]), atol=1e-5)
+    assert len(results[1]["state"].params["fc"]["kernel"].sharding.device_set) == 4
+
+
+def test_train_step_matches_a_hand_written_sgd_step():
+    """One SGD step (momentum, torch-style weight decay, step schedule) against a plain jax.grad update."""
+    cfg = tiny_config(**{"optimizer.name": "sgd", "optimizer.lr": 0.1, "optimizer.weight_decay": 0.01,
+                         "schedule.name": "constant"})  # fmt: skip
+    trainer = train.Trainer(cfg)
+    state = trainer.init_state(10)
+    params0 = jax.device_get(state.params)
+    stats0 = jax.device_get(state.batch_stats)
+    x, y = _images(8, 16, 4)
+
+    def loss(p):
+        (logits, _), _ = trainer.model.apply(
+            {"params": p, "batch_stats": stats0}, x, train=True, mutable=["batch_stats"]
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    g = jax.grad(loss)(params0)
+    want = jax.tree.map(lambda p, g: p - 0.1 * (g + 0.01 * p), params0, g)
+    state, metrics = trainer.train_step(state, train.shard_batch({"image": x, "label": y}, trainer.mesh))
+    _assert_trees_close(jax.device_get(state.params), want, atol=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(float(loss(params0)), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "sched, steps_per_epoch, want",
+    [
+        # sync paper §IV-A5: x0.1 at epochs 50, 75, 90.
+        (dict(name="step", boundaries_epochs=(50, 75, 90), factor=0.1), 10,
+         {0: 1.0, 499: 1.0, 500: 0.1, 749: 0.1, 750: 0.01, 900: 0.001}),
+        # HICCNN §4: x0.8 every 100 epochs.
+        (dict(name="exponential_step", every_epochs=100, factor=0.8), 3, {0: 1.0, 299: 1.0, 300: 0.8, 650: 0.64}),
+        (dict(name="warmup_cosine", warmup_steps=10, end_factor=0.0), 1, {0: 0.1, 9: 1.0, 55: 0.5, 100: 0.0}),
+    ],
+)  # fmt: skip
+def test_lr_schedules(sched, steps_per_epoch, want):
+    c = common.base().schedule
+    c.update(sched)
+    f = train.lr_factor(c, steps_per_epoch)
+    for step, value in want.items():
+        assert float(f(jnp.int32(step), {"total_steps": jnp.float32(100)})) == pytest.approx(value, rel=1e-5)
+
+
+def test_loss_weights_in_state_reproduce_each_spec_value():
+    """The train step re-weights the specs' unweighted logs: at the config weights it equals spec(...)[0]."""
+    from jinterp import losses
+
+    rng = np.random.default_rng(0)
+    out = {"conv2": jnp.asarray(rng.random((6, 4, 4, 8)), jnp.float32),
+           "conv1": jnp.asarray(rng.random((6, 8, 8, 4)), jnp.float32)}  # fmt: skip
+    labels = jnp.asarray([0, 1, 0, 1, 1, 0])
+    shapes = {k: (1, *v.shape[1:]) for k, v in out.items()}
+    specs = [
+        losses.HICCNN(layer="conv2", shallow_layer="conv1", num_groups=2, num_subgroups=2, weight=0.3,
+                      multi_weight=0.2, num_classes=2, hier_weight=0.05),
+        losses.Sync(layer="conv2", lac_weight=0.2, sync_weight=0.1),
+    ]  # fmt: skip
+    weights = train.loss_weights(specs)
+    for spec in specs:
+        value, _, logs = spec(out, labels, spec.init(shapes))
+        assert float(train.weighted_loss(spec, logs, weights)) == pytest.approx(float(value), rel=1e-5)
+
+
+def test_interpretability_losses_train_and_recluster(tmp_path):
+    """icCNN re-clusters between epochs; its loss is logged and the groups change from the initial blocks."""
+    cfg = tiny_config(**{"train.steps": 16, "train.log_every": 8})
+    cfg.losses = {"iccnn": {"layer": "conv2", "num_groups": 2, "weight": 0.5, "recluster_every": 1}}
+    summary = train.train_and_evaluate(cfg, str(tmp_path), data=MemoryData().data(cfg.data))
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"train"' in line]
+    assert all(np.isfinite(r["loss/iccnn"]) and r["loss/iccnn"] == pytest.approx(0.5 * r["iccnn/group"], rel=1e-4)
+               for r in lines)  # fmt: skip
+    assert np.asarray(summary["state"].loss_state["iccnn"]["groups"]).shape == (8,)
+
+
+def test_epoch_hook_reclusters_from_ordered_training_statistics():
+    """run_epoch_hooks == update_stats over the full training batches in index order, then recluster."""
+    cfg = tiny_config(**{"train.hook_batches": 3})
+    cfg.losses = {"iccnn": {"layer": "conv2", "num_groups": 3, "recluster_every": 2}}
+    src = MemoryData()
+    data = src.data(cfg.data)
+    trainer = train.Trainer(cfg)
+    state = trainer.init_state(10)
+    spec = trainer.specs[0]
+    assert trainer.run_epoch_hooks(state, data, 1) is state  # odd epoch: not due
+    got = np.asarray(trainer.run_epoch_hooks(state, data, 2).loss_state["iccnn"]["groups"])
+    x, y = src.splits["train"]
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    stats = spec.init_stats(trainer.out_shapes())
+    for b in range(3):
+        out = trainer.model.apply(variables, x[8 * b : 8 * (b + 1)])[1]
+        stats = spec.update_stats(stats, out, y[8 * b : 8 * (b + 1)], state.loss_state["iccnn"])
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), 2)
+    want = np.asarray(spec.recluster(state.loss_state["iccnn"], stats, key)["groups"])
+    np.testing.assert_array_equal(got, want)
