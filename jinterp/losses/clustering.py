@@ -30,22 +30,22 @@ def _sq_dists(x: jax.Array, c: jax.Array) -> jax.Array:
 
 def _kmeans_pp(x: jax.Array, k: int, key: jax.Array) -> jax.Array:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with prob. ~ D(x)^2."""
-    key, first = jax.random.split(key)
-    c0 = x[jax.random.randint(first, (), 0, x.shape[0])]
+    n = x.shape[0]
+    # One uniform per draw, inverted through the cumulative weights (a single RNG op keeps compiles short).
+    u = jax.random.uniform(key, (k,), x.dtype)
+    c0 = x[jnp.minimum((u[0] * n).astype(jnp.int32), n - 1)]
     centroids = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(c0)
     d2 = _sq_dists(x, c0[None])[:, 0]
 
     def body(i, carry):
-        centroids, d2, key = carry
-        key, sub = jax.random.split(key)
+        centroids, d2 = carry
         # Fewer distinct points than k leaves d2 == 0 everywhere: fall back to a uniform draw.
-        weights = jnp.where(d2.sum() > 0, d2, 1.0)
-        idx = jax.random.categorical(sub, jnp.log(weights))
+        cdf = jnp.cumsum(jnp.where(d2.sum() > 0, d2, 1.0))
+        idx = jnp.minimum(jnp.sum(cdf <= u[i] * cdf[-1]), n - 1)
         centroids = centroids.at[i].set(x[idx])
-        d2 = jnp.minimum(d2, _sq_dists(x, x[idx][None])[:, 0])
-        return centroids, d2, key
+        return centroids, jnp.minimum(d2, _sq_dists(x, x[idx][None])[:, 0])
 
-    centroids, _, _ = jax.lax.fori_loop(1, k, body, (centroids, d2, key))
+    centroids, _ = jax.lax.fori_loop(1, k, body, (centroids, d2))
     return centroids
 
 

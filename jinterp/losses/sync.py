@@ -37,6 +37,12 @@ def coordinates(h: int, w: int) -> jax.Array:
     return jnp.stack([yy.ravel(), xx.ravel()], axis=-1)
 
 
+def _float(x: jax.Array) -> jax.Array:
+    """At least float32 (bf16 maps are promoted; float64 stays float64 for gradient checks)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.result_type(x.dtype, jnp.float32))
+
+
 def _safe_norm(d: jax.Array) -> jax.Array:
     """Euclidean norm over the last axis with a zero (not NaN) gradient at 0 (self-distances)."""
     sq = jnp.sum(d * d, axis=-1)
@@ -47,7 +53,7 @@ def _safe_norm(d: jax.Array) -> jax.Array:
 def expected_positions(fmap: jax.Array) -> jax.Array:
     """x_bar(f) per image and filter, (B, C, 2) in [0, 1]: soft-argmax under q = softmax(a) (eq. 5)."""
     b, h, w, c = fmap.shape
-    q = jax.nn.softmax(fmap.reshape(b, h * w, c).astype(jnp.float32), axis=1)
+    q = jax.nn.softmax(_float(fmap).reshape(b, h * w, c), axis=1)
     return jnp.einsum("bmc,md->bcd", q, coordinates(h, w))
 
 
@@ -64,7 +70,7 @@ def lac_loss(fmap: jax.Array, tau: float | None = None) -> jax.Array:
     b, h, w, c = fmap.shape
     if tau is None:
         tau = 1.0 / max(h - 1, w - 1, 1)
-    a = fmap.reshape(b, h * w, c).astype(jnp.float32)
+    a = _float(fmap).reshape(b, h * w, c)
     log_q = jax.nn.log_softmax(a, axis=1)
     coords = coordinates(h, w)
     xbar = jnp.einsum("bmc,md->bcd", jnp.exp(log_q), coords)
