@@ -42,8 +42,19 @@ def _check_fraction(argument, value, low=0.0, high=1.0):
 
 @partial(jax.jit, static_argnames=("top_quantile",))
 def _thresholds(maps, top_quantile):
+    # Bisection on the value instead of jnp.quantile: XLA:CPU sorts ~50x slower than NumPy, and 32
+    # counting passes over the maps pin the threshold to float resolution (2^-32 of the range).
     flat = maps.reshape(-1, maps.shape[-1])
-    return jnp.quantile(flat, 1.0 - top_quantile, axis=0)
+    target = top_quantile * flat.shape[0]
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = (flat >= mid).sum(0) > target
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    _, hi = jax.lax.fori_loop(0, 32, halve, (flat.min(0), flat.max(0)))
+    return hi
 
 
 def filter_thresholds(maps: jax.Array, top_quantile: float = DEFAULT_TOP_QUANTILE) -> jax.Array:
@@ -55,7 +66,8 @@ def filter_thresholds(maps: jax.Array, top_quantile: float = DEFAULT_TOP_QUANTIL
         above the threshold: 0.3 as in CSGCNN's code (default), 0.005 as in Network Dissection.
 
     Returns:
-      (C,) thresholds.
+      (C,) thresholds ``T_f``: the largest value with at most ``top_quantile`` of the activations at or
+      above it (to float resolution).
     """
     check_maps("maps", maps, 4, "(N, h, w, C)")
     _check_fraction("top_quantile", top_quantile)
