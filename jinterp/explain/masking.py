@@ -1,0 +1,442 @@
+"""Gradient-free (and masked-input) CAMs: Score-CAM, Ablation-CAM, Group-CAM, Cluster-CAM.
+
+Each is one compiled program. Masked inputs are built on device chunk by chunk (``batch`` bounds
+memory) and scores stay on device (no host sync per score). Ablation-CAM perturbs the explained
+layer through the backbone's tap (``perturbations`` collection): ablating channel k of layer l is
+the perturbation ``-A_k`` on that channel, exact, and under ``vmap`` over perturbations with the
+image unbatched, the layers below l are computed once per image, not once per channel.
+Equation numbers refer to Cluster-CAM (Feng et al. 2024, seed 004).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jinterp.checks import check_choice
+from jinterp.explain import pipeline
+from jinterp.explain.registry import register
+from jinterp.losses.clustering import kmeans, spectral_clustering
+
+
+def _channel_first(maps: jax.Array) -> jax.Array:
+    return jnp.moveaxis(maps, -1, 1)  # (N, h, w, C) -> (N, C, h, w)
+
+
+def _base(model, variables, images, targets, layer):
+    pipeline.check_inputs(model, images, targets)
+    layers = pipeline.resolve_layers(model, layer)
+    logits, out = pipeline.forward(model, variables, images)
+    return layers, logits, out
+
+
+def _check_positive(argument: str, value: int) -> None:
+    if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{argument}: expected a positive int, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------- Score-CAM
+
+
+def score_cam_weights(model, variables, images, targets, maps, *, batch, score, channel_softmax, baseline,
+                      align_corners):  # fmt: skip
+    """Score-CAM channel weights (eq. 8-9) for (N, h, w, C) ``maps``; (N, C).
+
+    Only channels with a non-constant map are run through the network: a constant map's mask
+    ``(U - min) / (max - min + 1e-8)`` is exactly zero, so its masked image is the zero image,
+    whose score ``s0`` is computed once per call. The weights therefore equal PGC's, which runs
+    every channel. (image, channel) pairs are flattened and sorted so active pairs come first; a
+    ``while_loop`` runs ``ceil(active / batch)`` chunks.
+    """
+    n, h, w, c = maps.shape
+    size = images.shape[1:3]
+    sfn = pipeline.score_fn(score)
+    flat = _channel_first(maps).reshape(n * c, h, w)
+    active = (flat.max((1, 2)) > flat.min((1, 2))).reshape(-1)
+    order = jnp.argsort(~active, stable=True)
+    b = min(batch, n * c)
+    chunks = (active.sum() + b - 1) // b
+
+    zero_logits, _ = pipeline.forward(model, variables, jnp.zeros((1, *images.shape[1:]), images.dtype))
+    s0 = sfn(jnp.broadcast_to(zero_logits, (n, zero_logits.shape[-1])), targets)
+
+    def body(carry):
+        i, scores = carry
+        idx = jax.lax.dynamic_slice(order, (i * b,), (b,))  # start clamped: a tail chunk recomputes
+        up = pipeline.upsample(flat[idx], size, align_corners)
+        lo, hi = up.min((1, 2), keepdims=True), up.max((1, 2), keepdims=True)
+        masks = (up - lo) / (hi - lo + 1e-8)  # PGC score_cam.py epsilon
+        logits, _ = pipeline.forward(model, variables, images[idx // c] * masks[..., None])
+        return i + 1, scores.at[idx].set(sfn(logits, targets[idx // c]))
+
+    init = jnp.repeat(s0, c)
+    _, scores = jax.lax.while_loop(lambda carry: carry[0] < chunks, body, (0, init))
+    scores = scores.reshape(n, c)
+    if baseline:
+        scores = scores - s0[:, None]
+    return jax.nn.softmax(scores, axis=-1) if channel_softmax else scores
+
+
+@register(
+    "score_cam",
+    needs_gradients=False,
+    forward_passes=lambda channels: channels + 1,
+    backward_passes=0,
+    doc="Score-CAM (Wang et al. 2020), eq. 8-9; at most C + 1 passes (constant maps skipped)",
+)
+def score_cam(
+    layer=None,
+    batch: int = 16,
+    score: str = "logit",
+    channel_softmax: bool = True,
+    baseline: bool = False,
+    align_corners: bool = True,
+):
+    """Score-CAM: each channel's upsampled, min-max normalised map masks the input; its weight is
+    the masked image's score (eq. 8-9). Heat = ReLU(sum_k w_k A_k), upsampled and scaled.
+
+    Defaults reproduce pytorch-grad-cam's ``ScoreCAM`` exactly: logit score, softmax of the scores
+    over channels, no baseline, masks upsampled with ``align_corners=True``
+    (``nn.UpsamplingBilinear2d``). The authors' code (haofanwang/Score-CAM) instead uses
+    ``score='softmax', channel_softmax=False`` (and ``align_corners=False``); the paper's eq. 8
+    subtracts the baseline score ``S_c(X_b)`` (``baseline=True``, X_b = zero image).
+
+    Channels whose map is constant (e.g. dead ReLU channels, common in trained nets) cost no
+    forward pass and the result is unchanged (see :func:`score_cam_weights`).
+
+    Args:
+      layer: layer name(s); default :func:`jinterp.explain.pipeline.default_layer`.
+      batch: masked images per forward pass (bounds memory).
+      score: ``'logit'`` or ``'softmax'`` (probability of the target class).
+      channel_softmax: softmax the scores over channels (PGC).
+      baseline: subtract the zero image's score (eq. 8).
+      align_corners: mask upsampling convention.
+    """
+    _check_positive("batch", batch)
+    check_choice("score", score, pipeline.SCORES)
+
+    def fn(model, variables, images, targets):
+        layers, _, out = _base(model, variables, images, targets, layer)
+        cams = []
+        for k in layers:
+            w = score_cam_weights(
+                model, variables, images, targets, out[k], batch=batch, score=score,
+                channel_softmax=channel_softmax, baseline=baseline, align_corners=align_corners,
+            )  # fmt: skip
+            cams.append(pipeline.weighted_sum(out[k], w))
+        return pipeline.finish(cams, images.shape[1:3])
+
+    return fn
+
+
+# ------------------------------------------------------------------------------------ Ablation-CAM
+
+
+def ablation_scores(model, variables, images, targets, layer, maps, *, batch, score):
+    """Score of each image with each channel of ``layer`` ablated: (N, C).
+
+    PGC's ablation value: 0 when the image's map has minimum 0 (post-ReLU maps), else
+    ``min - 1e7``. Channels run in chunks of ``batch`` (``lax.map``); within a chunk the ablations
+    are a ``vmap`` over perturbations with the image unbatched, so the network below ``layer`` is
+    evaluated once per image and chunk (and hoisted out of the loop by XLA).
+    """
+    n, h, w, c = maps.shape
+    sfn = pipeline.score_fn(score)
+    lo = maps.min(axis=(1, 2, 3))
+    value = jnp.where(lo == 0, 0.0, lo - 1e7)
+    b = min(batch, c)
+    chunks = -(-c // b)
+    ks = jnp.minimum(jnp.arange(chunks * b), c - 1).reshape(chunks, b)  # tail repeats the last channel
+
+    def chunk(kk):
+        onehot = jax.nn.one_hot(kk, c, dtype=maps.dtype)
+
+        def per_image(image, a, v, t):
+            def one(e):
+                delta = e * (v - a)  # replaces channel k by the ablation value, others untouched
+                logits, _ = pipeline.forward(model, variables, image[None], {layer: delta[None]})
+                return sfn(logits, t[None])[0]
+
+            return jax.vmap(one)(onehot)
+
+        return jax.vmap(per_image)(images, maps, value, targets)
+
+    scores = jax.lax.map(chunk, ks)  # (chunks, N, b)
+    return jnp.moveaxis(scores, 1, 0).reshape(n, chunks * b)[:, :c]
+
+
+@register(
+    "ablation_cam",
+    needs_gradients=False,
+    forward_passes=lambda channels: channels + 1,
+    backward_passes=0,
+    doc="Ablation-CAM (Desai & Ramaswamy 2020), eq. 7; C passes above the layer + 1",
+)
+def ablation_cam(layer=None, batch: int = 32, score: str = "logit"):
+    """Ablation-CAM, eq. 7: ``w_k = (S_c - S_c,k) / S_c`` with ``S_c,k`` the score when channel k of
+    the layer is ablated; heat = ReLU(sum_k w_k A_k). Reproduces pytorch-grad-cam's
+    ``AblationCAM`` (ratio_channels_to_ablate=1, logit score, same ablation value) but only
+    re-runs the network above the layer.
+
+    Args:
+      layer: layer name(s); default :func:`jinterp.explain.pipeline.default_layer`.
+      batch: ablated copies per pass (bounds memory).
+      score: ``'logit'`` (PGC) or ``'softmax'``.
+    """
+    _check_positive("batch", batch)
+    check_choice("score", score, pipeline.SCORES)
+
+    def fn(model, variables, images, targets):
+        layers, logits, out = _base(model, variables, images, targets, layer)
+        s = pipeline.score_fn(score)(logits, targets)[:, None]
+        cams = []
+        for k in layers:
+            ablated = ablation_scores(model, variables, images, targets, k, out[k], batch=batch, score=score)
+            cams.append(pipeline.weighted_sum(out[k], (s - ablated) / s))
+        return pipeline.finish(cams, images.shape[1:3])
+
+    return fn
+
+
+# --------------------------------------------------------------------------------------- Group-CAM
+
+
+def gaussian_blur(images: jax.Array, kernel: int, sigma: float) -> jax.Array:
+    """kornia ``gaussian_blur2d`` (separable, normalised kernel, reflect border) on (N, H, W, C)."""
+    x = np.arange(kernel, dtype=np.float64) - kernel // 2
+    if kernel % 2 == 0:
+        x = x + 0.5
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    g = jnp.asarray(g / g.sum(), images.dtype)
+    lo, hi = (kernel - 1) // 2, kernel // 2
+    padded = jnp.pad(images, ((0, 0), (lo, hi), (lo, hi), (0, 0)), mode="reflect")
+    h, w = images.shape[1:3]
+    rows = sum(g[i] * padded[:, i : i + h] for i in range(kernel))
+    return sum(g[i] * rows[:, :, i : i + w] for i in range(kernel))
+
+
+@register(
+    "group_cam",
+    needs_gradients=True,
+    forward_passes=lambda groups: groups + 2,
+    backward_passes=1,
+    doc="Group-CAM (Zhang et al. 2021), reference code wofmanaf/Group-CAM",
+)
+def group_cam(
+    layer=None,
+    groups: int = 32,
+    percentile: float = 70.0,
+    blur_kernel: int = 51,
+    blur_sigma: float = 50.0,
+    batch: int = 16,
+):
+    """Group-CAM as its reference code (``cam/groupcam.py``) computes it.
+
+    1. Gradient-weighted maps ``alpha_k A_k`` (alpha = spatial mean of d logit / d A_k).
+    2. ``groups`` contiguous channel blocks (``torch.chunk``), summed per block; ReLU; values at or
+       below the block's ``percentile``-th percentile zeroed; bilinear upsampling; min-max.
+    3. Each group mask M_g mixes the input with its blur: ``x M_g + blur(x) (1 - M_g)``
+       (kornia Gaussian, 51 px, sigma 50); score ``p_c(mixed) - p_c(blur(x))`` (softmax).
+    4. Heat = ReLU(sum_g score_g M_g), min-max. A constant group mask scores 0 (the code skips it).
+
+    Args:
+      layer: layer name(s); default :func:`jinterp.explain.pipeline.default_layer`; several layers
+        are averaged after per-layer scaling.
+      groups, percentile, blur_kernel, blur_sigma: reference-code defaults.
+      batch: mixed images per forward pass.
+    """
+    for name, v in (("groups", groups), ("blur_kernel", blur_kernel), ("batch", batch)):
+        _check_positive(name, v)
+
+    def fn(model, variables, images, targets):
+        from jinterp.backbones import feature_grads
+
+        pipeline.check_inputs(model, images, targets)
+        layers = pipeline.resolve_layers(model, layer)
+        _, maps, grads = feature_grads(model, variables, images, targets, layers)
+        size = images.shape[1:3]
+        blurred = gaussian_blur(images, blur_kernel, blur_sigma)
+        base_logits, _ = pipeline.forward(model, variables, blurred)
+        base = pipeline.softmax_score(base_logits, targets)
+        heats = []
+        for k in layers:
+            a = maps[k] * grads[k].mean(axis=(1, 2), keepdims=True)
+            c = a.shape[-1]
+            size_g = -(-c // groups)
+            g_idx = np.arange(c) // size_g
+            grouped = jax.nn.relu(jnp.einsum("nhwc,cg->nghw", a, jnp.asarray(np.eye(g_idx.max() + 1)[g_idx])))
+            thr = jnp.percentile(grouped, percentile, axis=(2, 3), keepdims=True)
+            grouped = jnp.where(grouped > thr, grouped, 0.0)
+            n, g = grouped.shape[:2]
+
+            def mixed_score(pair, grouped=grouped, g=g):
+                i, j = pair // g, pair % g
+                up = pipeline.upsample(grouped[i, j], size)
+                lo, hi = up.min(), up.max()
+                mask = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
+                x = images[i] * mask[..., None] + blurred[i] * (1 - mask[..., None])
+                logits, _ = pipeline.forward(model, variables, x[None])
+                return (pipeline.softmax_score(logits, targets[i][None])[0] - base[i]) * mask
+
+            weighted = jax.lax.map(mixed_score, jnp.arange(n * g), batch_size=min(batch, n * g))
+            heats.append(pipeline.minmax(jax.nn.relu(weighted.reshape(n, g, *size).sum(1))))
+        return pipeline.minmax(jnp.mean(jnp.stack(heats), axis=0))
+
+    return fn
+
+
+# ------------------------------------------------------------------------------------- Cluster-CAM
+
+
+def _cluster_labels(maps, clusters, method, key, iters, n_init, sigma, theta):
+    """Cluster the C channel maps of one image ((h, w, C)) into ``clusters`` groups; (C,) labels."""
+    x = maps.reshape(-1, maps.shape[-1]).T  # (C, h*w): one point per channel map
+    if method == "kmeans":
+        return kmeans(x, clusters, key, iters=iters, n_init=n_init).labels
+    # eq. 17 on maps scaled by the image's largest activation (the paper leaves the scale open;
+    # without it exp(-||F_i - F_j||) underflows for any real layer), then eq. 11 and eq. 14-16.
+    x = x / jnp.maximum(x.max(), 1e-12)
+    d = jnp.sqrt(jnp.maximum(jnp.sum((x[:, None] - x[None]) ** 2, -1), 0.0))
+    s = jnp.exp(-d)
+    affinity = jnp.where(s > theta, jnp.exp(-(1 - s) / sigma), 0.0)
+    return spectral_clustering(affinity, clusters, key, iters=iters, n_init=n_init)
+
+
+def _cluster_cam_details(
+    model,
+    variables,
+    images,
+    targets,
+    layer=None,
+    clusters: int = 6,
+    beta: float = 0.5,
+    method: str = "kmeans",
+    normalize: bool = True,
+    score: str = "logit",
+    seed: int = 0,
+    iters: int = 100,
+    n_init: int = 10,
+    sigma: float = 1.0,
+    theta: float = 0.0,
+    batch: int = 16,
+):
+    """Cluster-CAM (Feng et al. 2024, eq. 17-22) with its intermediates (one layer); traceable.
+
+    1. Per image, the C maps F_n of ``layer`` are clustered into Q = ``clusters`` groups:
+       k-means on the flattened maps (Euclidean distance, §3.1; k-means++ seeding from
+       ``jax.random.key(seed)``, best of ``n_init``), or ``method='spectral'`` (eq. 17, 11, 14-16).
+    2. Representative maps ``F~_q`` = mean of the cluster's maps (eq. 18).
+    3. Scores ``y_q = S_c(U(F~_q) ∘ X)`` (eq. 19), Q forward passes. ``normalize=True`` min-max
+       scales the upsampled map first, as Score-CAM's H_n (eq. 9); the paper's eq. 19 writes the
+       raw map, whose scale would make the score depend on the activation magnitude.
+    4. Cognition-base ``F~_{argmax y}`` and cognition-scissors ``F~_{argmin y}`` (eq. 20-21);
+       ``H = beta F~_base - (1 - beta) F~_scissors`` (eq. 22), then the shared pipeline (ReLU,
+       upsample, scale). The paper gives no value for beta; 0.5 weighs both equally.
+
+    Returns:
+      dict with ``heatmap`` (N, H, W), ``labels`` (N, C) cluster of each channel, ``cluster_maps``
+      (N, Q, h, w) = F~, ``masks`` (N, Q, H, W), ``scores`` (N, Q) = y, ``base`` and ``scissors``
+      (N,) cluster indices, ``unmasked_score`` (N,) = S_c(X), ``layer``.
+    """
+    check_choice("method", method, ("kmeans", "spectral"))
+    check_choice("score", score, pipeline.SCORES)
+    for name, v in (("clusters", clusters), ("batch", batch), ("n_init", n_init), ("iters", iters)):
+        _check_positive(name, v)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta: expected a value in [0, 1], got {beta}")
+    layers, logits, out = _base(model, variables, images, targets, layer)
+    if len(layers) != 1:
+        raise ValueError(f"layer: Cluster-CAM explains one layer, got {list(layers)}")
+    maps = out[layers[0]]
+    n, h, w, c = maps.shape
+    if clusters > c:
+        raise ValueError(f"clusters: expected at most {c} (channels of {layers[0]!r}), got {clusters}")
+    size = images.shape[1:3]
+    sfn = pipeline.score_fn(score)
+
+    keys = jax.random.split(jax.random.key(seed), n)
+    labels = jax.vmap(lambda m, k: _cluster_labels(m, clusters, method, k, iters, n_init, sigma, theta))(
+        maps, keys
+    )
+    onehot = jax.nn.one_hot(labels, clusters, dtype=maps.dtype)  # (N, C, Q)
+    counts = onehot.sum(1)
+    cluster_maps = jnp.einsum("nhwc,ncq->nqhw", maps, onehot) / jnp.maximum(counts, 1.0)[:, :, None, None]
+    up = pipeline.upsample(cluster_maps, size)
+    masks = pipeline.minmax(up, eps=1e-8) if normalize else up
+
+    def masked_score(pair):
+        i, q = pair // clusters, pair % clusters
+        logits_q, _ = pipeline.forward(model, variables, (images[i] * masks[i, q][..., None])[None])
+        return sfn(logits_q, targets[i][None])[0]
+
+    pairs = jnp.arange(n * clusters)
+    scores = jax.lax.map(masked_score, pairs, batch_size=min(batch, n * clusters)).reshape(n, clusters)
+    # An empty cluster has no map: it can be neither base nor scissors.
+    empty = counts == 0
+    base = jnp.argmax(jnp.where(empty, -jnp.inf, scores), axis=1)
+    scissors = jnp.argmin(jnp.where(empty, jnp.inf, scores), axis=1)
+    pick = jax.vmap(lambda m, q: m[q])
+    heat = beta * pick(cluster_maps, base) - (1 - beta) * pick(cluster_maps, scissors)
+    return {
+        "heatmap": pipeline.finish([heat], size),
+        "labels": labels,
+        "cluster_maps": cluster_maps,
+        "masks": masks,
+        "scores": scores,
+        "base": base,
+        "scissors": scissors,
+        "unmasked_score": sfn(logits, targets),
+    }
+
+
+_OPTIONS = ("layer", "clusters", "beta", "method", "normalize", "score", "seed", "iters", "n_init", "sigma",
+            "theta", "batch")  # fmt: skip
+_cluster_cam_jit = jax.jit(_cluster_cam_details, static_argnums=0, static_argnames=_OPTIONS)
+
+
+def cluster_cam_details(model, variables, images, targets, **options) -> dict:
+    """Cluster-CAM heatmaps and intermediates, jitted (options as :func:`cluster_cam`).
+
+    Returns the dict of :func:`_cluster_cam_details`.
+    """
+    pipeline.check_inputs(model, images, targets)
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise ValueError(f"options: unknown {sorted(unknown)}; expected some of {list(_OPTIONS)}")
+    if isinstance(options.get("layer"), list):
+        options["layer"] = tuple(options["layer"])
+    return _cluster_cam_jit(
+        model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets), **options
+    )
+
+
+@register(
+    "cluster_cam",
+    needs_gradients=False,
+    forward_passes=lambda clusters: clusters + 1,
+    backward_passes=0,
+    doc="Cluster-CAM (Feng et al. 2024), eq. 17-22; Q + 1 passes",
+)
+def cluster_cam(
+    layer=None,
+    clusters: int = 6,
+    beta: float = 0.5,
+    method: str = "kmeans",
+    normalize: bool = True,
+    score: str = "logit",
+    seed: int = 0,
+    iters: int = 100,
+    n_init: int = 10,
+    sigma: float = 1.0,
+    theta: float = 0.0,
+    batch: int = 16,
+):
+    """Cluster-CAM heatmaps; see :func:`cluster_cam_details` (same options) for the method and
+    its intermediates (cluster maps, scores, cognition-base / -scissors)."""
+    options = dict(locals())
+    check_choice("method", method, ("kmeans", "spectral"))
+    check_choice("score", score, pipeline.SCORES)
+
+    def fn(model, variables, images, targets):
+        return _cluster_cam_details(model, variables, images, targets, **options)["heatmap"]
+
+    return fn
