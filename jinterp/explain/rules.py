@@ -1,0 +1,292 @@
+"""LRP rules and composites as data (zennit's ``rules.py`` / ``composites.py`` conventions).
+
+A rule turns the relevance ``R_z`` at the output ``z = L(a; W) + b`` of a linear rule site into
+relevance at its input ``a``. Every rule here is written as zennit's ``BasicHook`` computes it
+(input/param modifiers, the stabiliser ``stabilize`` and the reducer), so identical weights give
+identical relevance. Rules return the *factor* ``c`` with ``R_a = a * c`` (the modified gradient);
+the rules whose relevance is not proportional to the input (flat, w^2, z^B) return ``R_a`` itself
+and are therefore only valid at the first layer (``first_only``).
+
+References: Bach et al. 2015 (epsilon, alpha-beta), Montavon et al. 2017 (z+, z^B, w^2),
+Montavon et al. 2019 "Layer-wise relevance propagation: an overview" (gamma, composites),
+Lapuschkin et al. 2019 (flat), Kohlbrenner et al. 2020 (epsilon-plus-flat composites).
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jinterp.checks import check_choice
+
+Linear = Callable[[jax.Array, jax.Array], jax.Array]  # L(a, W): the site's bias-free linear map
+
+# Layer kinds a composite maps to rules (see ``jinterp.explain.lrp`` for how modules get a kind).
+KINDS = ("conv", "dense", "sum", "avgpool", "batchnorm", "first")
+
+
+def stabilize(z: jax.Array, epsilon: float = 1e-6) -> jax.Array:
+    """zennit's ``stabilize``: shift by ``epsilon`` away from zero (zeros move to ``+epsilon``)."""
+    return z + ((z == 0).astype(z.dtype) + jnp.sign(z)) * epsilon
+
+
+def _transpose(lin: Linear, a: jax.Array, w: jax.Array, s: jax.Array) -> jax.Array:
+    """``L^T(s; W)``: the VJP of the (linear) map ``a -> L(a, W)``."""
+    return jax.vjp(lambda x: lin(x, w), a)[1](s)[0]
+
+
+def _pos(x):
+    return jnp.maximum(x, 0)
+
+
+def _neg(x):
+    return jnp.minimum(x, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Base rule; ``name`` is the spec name."""
+
+    first_only = False
+
+    def factor(self, lin: Linear, a, w, b, r):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def relevance(self, lin: Linear, a, w, b, r):
+        """Input relevance ``R_a``."""
+        return a * self.factor(lin, a, w, b, r)
+
+
+@dataclasses.dataclass(frozen=True)
+class Epsilon(Rule):
+    """LRP-epsilon (Bach 2015; zennit ``Epsilon``, default epsilon 1e-6): R_a = a W^T(R / stab(z))."""
+
+    epsilon: float = 1e-6
+
+    def factor(self, lin, a, w, b, r):
+        return _transpose(lin, a, w, r / stabilize(lin(a, w) + b, self.epsilon))
+
+
+@dataclasses.dataclass(frozen=True)
+class Gamma(Rule):
+    """LRP-gamma (Montavon 2019; zennit ``Gamma``): weights and bias ``p + gamma * p^+``."""
+
+    gamma: float = 0.25
+
+    def factor(self, lin, a, w, b, r):
+        wg, bg = w + self.gamma * _pos(w), b + self.gamma * _pos(b)
+        return _transpose(lin, a, wg, r / stabilize(lin(a, wg) + bg))
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """LRP-alpha-beta (Bach 2015; zennit ``AlphaBeta``), alpha - beta = 1; alpha=1, beta=0 is z+.
+
+    Positive part ``z_+ = W^+ a^+ + b^+ + W^- a^-``, negative part ``z_- = W^- a^+ + b^- + W^+ a^-``;
+    R_a = alpha * (contribution share of z_+) - beta * (share of z_-), as zennit computes it.
+    """
+
+    alpha: float = 2.0
+    beta: float = 1.0
+
+    def __post_init__(self):
+        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-9:
+            raise ValueError(
+                f"rule: alpha_beta needs alpha, beta >= 0 and alpha - beta = 1, got {self.alpha}, {self.beta}"
+            )
+
+    def _share(self, lin, a, wa, wb, bias, r):
+        """Factor for ``z = wa a^+ + bias + wb a^-``: W^T(R / stab(z)) picked by the sign of ``a``."""
+        ap, an = _pos(a), _neg(a)
+        s = r / stabilize(lin(ap, wa) + bias + lin(an, wb))
+        return jnp.where(a > 0, _transpose(lin, a, wa, s), _transpose(lin, a, wb, s))
+
+    def factor(self, lin, a, w, b, r):
+        wp, wn = _pos(w), _neg(w)
+        out = self._share(lin, a, wp, wn, _pos(b), r)
+        if self.beta:
+            out = self.alpha * out - self.beta * self._share(lin, a, wn, wp, _neg(b), r)
+        return out
+
+
+def ZPlus() -> AlphaBeta:  # noqa: N802 - a rule "class" like the others
+    """LRP-z+ (Montavon 2017; zennit ``ZPlus``), i.e. alpha=1, beta=0 with negative inputs allowed."""
+    return AlphaBeta(1.0, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flat(Rule):
+    """Flat rule (Lapuschkin 2019; zennit ``Flat``): unit inputs and weights, no bias. First layer only."""
+
+    first_only = True
+
+    def relevance(self, lin, a, w, b, r):
+        ones_a, ones_w = jnp.ones_like(a), jnp.ones_like(w)
+        return _transpose(lin, a, ones_w, r / stabilize(lin(ones_a, ones_w)))
+
+
+@dataclasses.dataclass(frozen=True)
+class WSquare(Rule):
+    """w^2 rule (Montavon 2017; zennit ``WSquare``: unit inputs, squared weights and bias); first layer."""
+
+    first_only = True
+
+    def relevance(self, lin, a, w, b, r):
+        w2 = w * w
+        return _transpose(lin, a, w2, r / stabilize(lin(jnp.ones_like(a), w2) + b * b))
+
+
+@dataclasses.dataclass(frozen=True)
+class ZBox(Rule):
+    """z^B rule for inputs in a box [low, high] (Montavon 2017; zennit ``ZBox``). First layer only.
+
+    ``low``/``high`` are scalars or per-channel tuples (broadcast over the last, channel axis).
+    """
+
+    low: float | tuple[float, ...] = -1.0
+    high: float | tuple[float, ...] = 1.0
+    first_only = True
+
+    def relevance(self, lin, a, w, b, r):
+        lo = jnp.broadcast_to(jnp.asarray(self.low, a.dtype), a.shape)
+        hi = jnp.broadcast_to(jnp.asarray(self.high, a.dtype), a.shape)
+        wp, wn = _pos(w), _neg(w)
+        # zennit applies the modifiers to the bias too: b - b^+ - b^- = 0.
+        s = r / stabilize(lin(a, w) - lin(lo, wp) - lin(hi, wn))
+        return a * _transpose(lin, a, w, s) - lo * _transpose(lin, a, wp, s) - hi * _transpose(lin, a, wn, s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm(Rule):
+    """Norm rule for parameter-free sums and average pools (zennit ``Norm``): epsilon 1e-6 as stabiliser."""
+
+    def factor(self, lin, a, w, b, r):
+        return _transpose(lin, a, w, r / stabilize(lin(a, w)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass(Rule):
+    """Identity relevance (zennit ``Pass``): R_a = R_z, for element-wise layers (a and z same shape)."""
+
+    def factor(self, lin, a, w, b, r):
+        return jnp.where(a == 0, 0.0, r / jnp.where(a == 0, 1.0, a))
+
+
+RULES: dict[str, Callable[..., Rule]] = {
+    "epsilon": Epsilon,
+    "gamma": Gamma,
+    "alpha_beta": AlphaBeta,
+    "alpha1_beta0": lambda: AlphaBeta(1.0, 0.0),
+    "alpha2_beta1": lambda: AlphaBeta(2.0, 1.0),
+    "zplus": ZPlus,
+    "flat": Flat,
+    "wsquare": WSquare,
+    "zbox": ZBox,
+    "norm": Norm,
+    "pass": Pass,
+}
+
+
+def rule(spec: "str | Rule", **options) -> Rule:
+    """A rule from its name (see ``RULES``) and options, e.g. ``rule("gamma", gamma=0.5)``."""
+    if isinstance(spec, Rule):
+        return spec
+    check_choice("rule", spec, RULES)
+    return RULES[spec](**options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Composite:
+    """Layer kind -> rule (zennit's ``LayerMapComposite``; ``first`` is its ``first_map``).
+
+    Kinds: ``conv`` (``ConvBN`` / ``nn.Conv``, BatchNorm folded in), ``dense`` (``nn.Dense``),
+    ``sum`` (``Sum``, residual additions), ``avgpool`` (``AvgPool``, ``AdaptiveAvgPool``),
+    ``batchnorm`` (a free-standing ``nn.BatchNorm``, DenseNet's pre-activation BN, which cannot be
+    folded into a convolution), ``first`` (the first conv/dense layer in call order, if set).
+    """
+
+    name: str
+    rules: tuple[tuple[str, Rule], ...]
+
+    def get(self, kind: str) -> Rule | None:
+        return dict(self.rules).get(kind)
+
+    def replace(self, **kinds: "Rule | str") -> "Composite":
+        """A copy with some kinds re-mapped, e.g. ``composite.replace(batchnorm="pass")``."""
+        for k in kinds:
+            check_choice("kind", k, KINDS)
+        new = {**dict(self.rules), **{k: rule(v) for k, v in kinds.items()}}
+        return Composite(self.name + "*", tuple(sorted(new.items())))
+
+
+def _composite(name, **kinds) -> Composite:
+    # Parameter-free sums and pools: zennit's LAYER_MAP_BASE (Sum, AvgPool -> Norm). DenseNet's
+    # free-standing BN: the epsilon rule of the affine map it computes (no zennit default exists, #165).
+    base = {"sum": Norm(), "avgpool": Norm(), "batchnorm": Epsilon()}
+    return Composite(name, tuple(sorted({**base, **kinds}.items())))
+
+
+def epsilon_plus_flat() -> Composite:
+    """zennit ``EpsilonPlusFlat``: flat first layer, z+ convs, epsilon dense layers."""
+    return _composite("epsilon_plus_flat", conv=ZPlus(), dense=Epsilon(), first=Flat())
+
+
+def epsilon_plus() -> Composite:
+    """zennit ``EpsilonPlus``: z+ convs (first one included), epsilon dense layers."""
+    return _composite("epsilon_plus", conv=ZPlus(), dense=Epsilon())
+
+
+def epsilon_gamma_box(low=-1.0, high=1.0, gamma: float = 0.25) -> Composite:
+    """zennit ``EpsilonGammaBox``: z^B first conv in [low, high], gamma=0.25 convs, epsilon dense."""
+    return _composite("epsilon_gamma_box", conv=Gamma(gamma), dense=Epsilon(), first=ZBox(low, high))
+
+
+def epsilon_alpha2_beta1() -> Composite:
+    """zennit ``EpsilonAlpha2Beta1``: alpha2-beta1 convs, epsilon dense layers."""
+    return _composite("epsilon_alpha2_beta1", conv=AlphaBeta(2.0, 1.0), dense=Epsilon())
+
+
+def epsilon_alpha2_beta1_flat() -> Composite:
+    """zennit ``EpsilonAlpha2Beta1Flat``: as ``epsilon_alpha2_beta1`` with a flat first layer."""
+    return _composite("epsilon_alpha2_beta1_flat", conv=AlphaBeta(2.0, 1.0), dense=Epsilon(), first=Flat())
+
+
+def bounded_deep_taylor(low=-1.0, high=1.0) -> Composite:
+    """Deep Taylor with a bounded input (iNNvestigate ``BoundedDeepTaylor``): z+ everywhere, z^B first.
+
+    The base LRP of the CLRP/SGLRP reference code (``uchidalab/softmaxgradient-lrp``).
+    """
+    return _composite("bounded_deep_taylor", conv=ZPlus(), dense=ZPlus(), first=ZBox(low, high))
+
+
+def epsilon(eps: float = 1e-6) -> Composite:
+    """LRP-epsilon everywhere (epsilon -> 0 is LRP-0, i.e. gradient x input for ReLU networks)."""
+    return _composite("epsilon", conv=Epsilon(eps), dense=Epsilon(eps), batchnorm=Epsilon(eps))
+
+
+COMPOSITES: dict[str, Callable[..., Composite]] = {
+    "epsilon_plus_flat": epsilon_plus_flat,
+    "epsilon_plus": epsilon_plus,
+    "epsilon_gamma_box": epsilon_gamma_box,
+    "epsilon_alpha2_beta1": epsilon_alpha2_beta1,
+    "epsilon_alpha2_beta1_flat": epsilon_alpha2_beta1_flat,
+    "bounded_deep_taylor": bounded_deep_taylor,
+    "epsilon": epsilon,
+}
+
+
+def composite(spec: "str | Composite | dict", **options) -> Composite:
+    """A composite from a name (``COMPOSITES``) with options, a ``{kind: rule}`` dict, or itself.
+
+    >>> composite("epsilon_gamma_box", low=-2.1, high=2.6)
+    >>> composite({"conv": "zplus", "dense": "epsilon", "sum": "norm", "first": "flat"})
+    """
+    if isinstance(spec, Composite):
+        return spec
+    if isinstance(spec, dict):
+        for k in spec:
+            check_choice("composite kind", k, KINDS)
+        return Composite("custom", tuple(sorted((k, rule(v)) for k, v in spec.items())))
+    check_choice("composite", spec, COMPOSITES)
+    return COMPOSITES[spec](**options)
