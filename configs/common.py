@@ -57,66 +57,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def base() -> ml_collections.ConfigDict:
-    """Every field a run reads, with its default (and so its type)."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # parameter init and dropout
-    c.num_devices = 0  # data-parallel devices (0: all)
-    c.distributed = False  # multi-host: call jax.distributed.initialize() first
+    """Every field a run reads, with its default (and so its type): ``jinterp.train.default_config()``."""
+    from jinterp import train
 
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "small_cnn"  # jinterp.backbones.MODELS
-    c.model.num_classes = 0  # 0: from the data set
-    c.model.kwargs = ml_collections.ConfigDict()  # backbone constructor fields (e.g. head="gap")
-
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "parts_world"  # jinterp.data.NAMES (``parts_world/<config>`` allowed)
-    c.data.image_size = 64
-    c.data.num_classes = 8
-    c.data.train_size = 8000
-    c.data.test_size = 2000
-    c.data.data_seed = 0  # PartsWorld generation seed
-    c.data.seed = 0  # batch order and augmentation: batch s = f(seed, s)
-    c.data.augment = False
-    c.data.normalize = "imagenet"
-    c.data.data_dir = ""  # '' = $JINTERP_DATA_DIR or ~/tensorflow_datasets
-
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 64  # global
-    c.train.steps = 0  # > 0 wins over epochs
-    c.train.epochs = 0.0
-    c.train.time_budget_s = 0.0  # > 0: shorten the run to fit this wall-clock budget (from process start)
-    c.train.time_reserve_s = 30.0  # budget kept for the final evaluation and outputs
-    c.train.calibrate_steps = 20  # steps timed before the budget fixes the schedule length
-    c.train.log_every = 50
-    c.train.eval_every = 0  # 0: evaluate at the end only
-    c.train.eval_split = "test"
-    c.train.eval_batch_size = 256
-    c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 2
-    c.train.hook_batches = 0  # batches per re-clustering pass (0: whole train split)
-
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"  # adam | adamw | sgd
-    c.optimizer.lr = 3e-3
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.momentum = 0.9  # sgd
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-8
-
-    c.schedule = ml_collections.ConfigDict()
-    c.schedule.name = "warmup_cosine"  # constant | warmup_cosine | step | exponential_step
-    c.schedule.warmup_steps = 100
-    c.schedule.end_factor = 0.0
-    c.schedule.boundaries_epochs = (50, 75, 90)  # step
-    c.schedule.factor = 0.1  # step, exponential_step
-    c.schedule.every_epochs = 100  # exponential_step
-
-    c.losses = ml_collections.ConfigDict()  # {name in jinterp.losses.LOSSES: {spec field: value}}
-
-    c.outputs = ml_collections.ConfigDict()
-    c.outputs.predictions_png = False
-    return c
+    return train.default_config()
 
 
 def loss_config(variant: str, backbone: str, multi: bool, num_classes: int, **overrides) -> dict:

@@ -30,7 +30,9 @@ import functools
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -73,6 +75,111 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array
     loss_state: Any
     hparams: Any
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with its default (and so its type); configs start from this."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # parameter init and dropout
+    c.num_devices = 0  # data-parallel devices (0: all)
+    c.distributed = False  # multi-host: call jax.distributed.initialize() first
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "small_cnn"  # jinterp.backbones.MODELS
+    c.model.num_classes = 0  # 0: from the data set
+    c.model.kwargs = ml_collections.ConfigDict()  # backbone constructor fields (e.g. head="gap")
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "parts_world"  # jinterp.data.NAMES (``parts_world/<config>`` allowed)
+    c.data.image_size = 64
+    c.data.num_classes = 8
+    c.data.train_size = 8000
+    c.data.test_size = 2000
+    c.data.data_seed = 0  # PartsWorld generation seed
+    c.data.seed = 0  # batch order and augmentation: batch s = f(seed, s)
+    c.data.augment = False
+    c.data.normalize = "imagenet"
+    c.data.data_dir = ""  # '' = $JINTERP_DATA_DIR or ~/tensorflow_datasets
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 64  # global
+    c.train.steps = 0  # > 0 wins over epochs
+    c.train.epochs = 0.0
+    c.train.time_budget_s = 0.0  # > 0: shorten the run to fit this wall-clock budget (from process start)
+    c.train.time_reserve_s = 30.0  # budget kept for the final evaluation and outputs
+    c.train.calibrate_steps = 20  # steps timed before the budget fixes the schedule length
+    c.train.log_every = 50
+    c.train.eval_every = 0  # 0: evaluate at the end only
+    c.train.eval_split = "test"
+    c.train.eval_batch_size = 256
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 2
+    c.train.hook_batches = 0  # batches per re-clustering pass (0: whole train split)
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # adam | adamw | sgd
+    c.optimizer.lr = 3e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.momentum = 0.9  # sgd
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "warmup_cosine"  # constant | warmup_cosine | step | exponential_step
+    c.schedule.warmup_steps = 100
+    c.schedule.end_factor = 0.0
+    c.schedule.boundaries_epochs = (50, 75, 90)  # step
+    c.schedule.factor = 0.1  # step, exponential_step
+    c.schedule.every_epochs = 100  # exponential_step
+
+    c.losses = ml_collections.ConfigDict()  # {name in jinterp.losses.LOSSES: {spec field: value}}
+
+    c.outputs = ml_collections.ConfigDict()
+    c.outputs.predictions_png = False
+    return c
+
+
+# Sub-dicts whose keys are free-form (backbone constructor fields; loss specs, checked by build_losses).
+_FREE_FORM = ("model.kwargs", "losses")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError for a key that :func:`default_config` does not have, or a value of another type."""
+    ref = default_config()
+
+    def walk(node, ref_node, prefix):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if path in _FREE_FORM:
+                continue
+            if key not in ref_node:
+                raise ValueError(f"config: unknown key {path!r}; expected one of {sorted(ref_node.keys())}")
+            want = ref_node[key]
+            if isinstance(want, ml_collections.ConfigDict):
+                if not isinstance(value, ml_collections.ConfigDict | dict):
+                    raise ValueError(f"config.{path}: expected a dict of fields, got {value!r}")
+                walk(value, want, path + ".")
+            elif isinstance(want, bool) != isinstance(value, bool) or not isinstance(
+                value, float | int if isinstance(want, float) else type(want)
+            ):
+                raise ValueError(f"config.{path}: expected {type(want).__name__}, got {value!r}")
+
+    walk(config, ref, "")
+    check_choice("config.optimizer.name", config.optimizer.name, OPTIMIZERS)
+    check_choice("config.schedule.name", config.schedule.name, SCHEDULES)
+    check_choice("config.model.name", config.model.name, backbones.MODELS)
+    for path in ("train.batch_size", "train.log_every", "train.eval_batch_size", "train.keep_checkpoints"):
+        node = config
+        for k in path.split("."):
+            node = node[k]
+        if node <= 0:
+            raise ValueError(f"config.{path}: expected a positive integer, got {node}")
+    if config.optimizer.lr <= 0:
+        raise ValueError(f"config.optimizer.lr: expected > 0, got {config.optimizer.lr}")
 
 
 # ------------------------------------------------------------------------------------------- optimiser
@@ -348,14 +455,16 @@ class Data:
     def __init__(self, cfg: ml_collections.ConfigDict, load: Callable | None = None, num_examples=None):
         self.cfg = cfg
         self.name = cfg.name
-        self.fields = {k: v for k, v in cfg.items() if k not in self.LOADER_KEYS and v not in (None, "")}
+        self.fields = data_fields(cfg)
         self.data_dir = os.path.abspath(os.path.expanduser(cfg.data_dir)) if cfg.get("data_dir") else None
         if load is None:
             from jinterp import data
 
             load = data.load
             if num_examples is None:
-                num_examples = functools.partial(_info_num_examples, self.name, self.fields)
+                num_examples = functools.partial(
+                    _info_num_examples, self.name, self.fields, data_dir=self.data_dir
+                )
         self._load = load
         self._num_examples = num_examples
 
@@ -416,15 +525,51 @@ class Data:
         )
 
 
-def _info_num_examples(name: str, fields: dict, split: str) -> int:
+def data_fields(cfg: ml_collections.ConfigDict) -> dict:
+    """Data-set fields of ``config.data`` for the loader: all PartsWorld fields, else ``image_size`` only."""
+    fields = {k: v for k, v in cfg.items() if k not in Data.LOADER_KEYS and v not in (None, "")}
+    if not cfg.name.startswith("parts_world"):
+        fields = {k: v for k, v in fields.items() if k == "image_size"}
+    return fields
+
+
+def _info_num_examples(name: str, fields: dict, split: str, data_dir: str | None = None) -> int:
     from jinterp import data
 
     splits = data.info(name, **fields).get("splits")
-    if not splits or split not in splits:
-        raise ValueError(
-            f"config.data: the size of split {split!r} of {name!r} is unknown; set config.train.steps"
-        )
-    return splits[split]
+    if splits and split in splits:
+        return splits[split]
+    # data.info has no split sizes for non-PartsWorld sets: open the source (reads only its metadata).
+    from jinterp.data import loader
+
+    source = loader._source(name, split, data_dir or data.default_data_dir(), fields.get("image_size"), {})
+    return len(source)
+
+
+def prefetch(iterator: Iterator, transform: Callable, size: int = 2) -> Iterator:
+    """Yield ``transform(x)`` for ``x`` in ``iterator``, computed ``size`` items ahead in a thread.
+
+    Loading and sharding the next batch overlaps the current step (numpy releases the GIL); the order
+    is unchanged, so determinism is kept.
+    """
+    items: queue.Queue = queue.Queue(maxsize=size)
+
+    def worker():
+        try:
+            for x in iterator:
+                items.put((True, transform(x)))
+        except BaseException as e:  # surfaced in the consumer
+            items.put((False, e))
+        items.put((False, None))
+
+    threading.Thread(target=worker, daemon=True).start()
+    while True:
+        ok, value = items.get()
+        if not ok:
+            if value is None:
+                return
+            raise value
+        yield value
 
 
 def _pad(batch: Mapping[str, np.ndarray], size: int) -> dict:
@@ -524,8 +669,7 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
         return n
     from jinterp import data
 
-    kwargs = {k: v for k, v in config.data.items() if k not in Data.LOADER_KEYS and v not in (None, "")}
-    return int(data.num_classes(config.data.name, **kwargs))
+    return int(data.num_classes(config.data.name, **data_fields(config.data)))
 
 
 class Trainer:
@@ -595,6 +739,10 @@ class Trainer:
         opt_state = self.tx.init(params)
         for k in ("weight_decay", "momentum"):
             if k in hp:
+                if k not in opt_state.hyperparams:
+                    raise ValueError(
+                        f"sweep point: optimizer.{k} is not a {self.config.optimizer.name} hyper-parameter"
+                    )
                 opt_state.hyperparams[k] = jnp.asarray(hp[k], opt_state.hyperparams[k].dtype)
         shapes = self.out_shapes()
         return TrainState(
@@ -816,6 +964,7 @@ def train_and_evaluate(
       the summary dict also written to ``workdir/summary.json``.
     """
     t_start = time.time()
+    validate_config(config)
     workdir = check_workdir(workdir)
     if config.get("distributed", False):
         jax.distributed.initialize()
@@ -861,7 +1010,10 @@ def train_and_evaluate(
     eval_every = int(config.train.get("eval_every", 0) or 0)
     budget = float(config.train.get("time_budget_s", 0) or 0)
     calibrate = int(config.train.get("calibrate_steps", 20))
-    it = data.train(gbs, start, host_id, host_count)
+    to_device = lambda b: shard_batch(
+        {"image": b["image"], "label": b["label"].astype(np.int32)}, trainer.mesh
+    )
+    it = prefetch(data.train(gbs, start, host_id, host_count), to_device)
     timing = {"compile_s": None, "steps_per_s": None}
     t_loop, step_at_t, acc_metrics = None, start, []
     step = start
@@ -869,7 +1021,6 @@ def train_and_evaluate(
         if step % steps_per_epoch == 0:
             state = trainer.run_epoch_hooks(state, data, step // steps_per_epoch)
         batch = next(it)
-        batch = shard_batch({"image": batch["image"], "label": batch["label"].astype(np.int32)}, trainer.mesh)
         t0 = time.time()
         state, metrics = trainer.train_step(state, batch)
         step += 1

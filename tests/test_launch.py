@@ -1,0 +1,88 @@
+"""launch.py end to end (subprocess, real flags and loader on sklearn's bundled digits) and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.data.name=digits",
+    "--config.data.image_size=16",
+    "--config.data.num_classes=10",
+    "--config.train.batch_size=16",
+    "--config.train.steps=6",
+    "--config.train.log_every=3",
+    "--config.train.checkpoint_every=3",
+    "--config.train.eval_batch_size=64",
+]
+
+
+def launch(*args, env=None):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **(env or {})}
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch.py"),
+        "--config",
+        "configs/quickstart.py:runlocal",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_launch_trains_resumes_and_reports(tmp_path):
+    r = launch("--workdir", str(tmp_path), *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step 3/6 loss" in r.stderr and "steps/s ETA" in r.stderr
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["step"] == 6 and 0.0 <= summary["test_accuracy"] <= 1.0 and not summary["resumed"]
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == [3, 6, 6]  # two train records and the final test record
+    assert os.path.getsize(tmp_path / "predictions.png") > 1000
+    # A longer run in the same workdir resumes from step 6 (a finished run is not retrained).
+    r = launch("--workdir", str(tmp_path), *TINY[:-4], "--config.train.steps=9", *TINY[-3:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from step 6" in r.stderr
+    assert json.load(open(tmp_path / "summary.json"))["step"] == 9
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.stepz=5", "unknown config key in --config.train.stepz"),
+        ("--config.optimizer.name=adamx", "config.optimizer.name: unknown value 'adamx'"),
+        ("--config.train.batch_size=-4", "config.train.batch_size: expected a positive integer"),
+    ],
+)
+def test_bad_config_key_or_value_exits_with_a_clear_message(tmp_path, override, message):
+    r = launch("--workdir", str(tmp_path), override)
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "summary.json")
+
+
+def test_bad_config_type_is_rejected_by_the_flag_parser(tmp_path):
+    r = launch("--workdir", str(tmp_path), "--config.train.steps=abc")
+    assert r.returncode != 0 and "--config.train.steps=abc" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unwritable_workdir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions: use a path under a regular file instead
+        locked = tmp_path / "file"
+        locked.write_text("x")
+    r = launch("--workdir", str(locked / "run"), *TINY)
+    assert r.returncode == 2 and "--workdir:" in r.stderr and "not a writable directory" in r.stderr
+
+
+def test_missing_mode_backend_fails_loudly(tmp_path):
+    import jinterp.explain
+
+    if hasattr(jinterp.explain, "explain_run"):
+        pytest.skip("jinterp.explain.explain_run exists")
+    r = launch("--workdir", str(tmp_path), "--mode", "explain", *TINY)
+    assert r.returncode == 3 and "jinterp.explain.explain_run" in r.stderr

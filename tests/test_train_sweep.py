@@ -1,0 +1,63 @@
+"""Sweeps: a vmapped numeric sweep equals the same points trained one after another; tables written."""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jinterp import sweep, train
+from tests.test_train import MemoryData, tiny_config
+
+
+def _sweep(add):
+    add(**{"optimizer.lr": 1e-2, "seed": 0})
+    add(**{"optimizer.lr": 3e-3, "seed": 1, "optimizer.weight_decay": 0.0})
+
+
+def test_vmapped_sweep_equals_sequential_runs(tmp_path):
+    cfg = tiny_config(**{"train.steps": 5, "train.checkpoint_every": 0, "train.log_every": 5})
+    src = MemoryData()
+    rows = sweep.run_sweep(cfg, _sweep, str(tmp_path / "v"), data=src.data(cfg.data))
+    assert all(r["vmapped"] for r in rows) and len(rows) == 2
+    stacked = train.train_and_evaluate(
+        cfg, str(tmp_path / "v" / "vmapped"), points=sweep.collect_points(_sweep), data=src.data(cfg.data)
+    )["state"]
+    assert stacked.params["fc"]["kernel"].shape[0] == 2  # resumed from the finished stacked checkpoint
+    for i, point in enumerate(sweep.collect_points(_sweep)):
+        one = train.train_and_evaluate(
+            sweep.apply_overrides(cfg, point), str(tmp_path / f"s{i}"), data=src.data(cfg.data)
+        )
+        diffs = jax.tree.map(
+            lambda a, b, i=i: np.max(np.abs(np.asarray(a)[i] - np.asarray(b))),
+            jax.device_get(stacked.params),
+            jax.device_get(one["state"].params),
+        )
+        assert max(jax.tree.leaves(diffs)) < 1e-5, (point, diffs)
+        assert rows[i]["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-6)
+        assert json.load(open(f"{rows[i]['workdir']}/summary.json"))["overrides"] == point
+    table = list(csv.DictReader(open(tmp_path / "v" / "sweep.csv")))
+    assert [float(r["optimizer.lr"]) for r in table] == [1e-2, 3e-3]
+    md = open(tmp_path / "v" / "sweep.md").read().splitlines()
+    assert md[0].startswith("| optimizer.lr | seed |") and len(md) == 4
+
+
+@pytest.mark.slow
+def test_non_numeric_sweep_runs_sequentially(tmp_path):
+    cfg = tiny_config(**{"train.steps": 2, "train.checkpoint_every": 0, "train.log_every": 2})
+
+    def grid(add):
+        add(**{"schedule.name": "constant"})
+        add(**{"schedule.name": "warmup_cosine"})
+
+    rows = sweep.run_sweep(cfg, grid, str(tmp_path), data=MemoryData().data(cfg.data))
+    assert [r["vmapped"] for r in rows] == [False, False]
+    assert [json.load(open(f"{r['workdir']}/summary.json"))["step"] for r in rows] == [2, 2]
+
+
+def test_sweep_rejects_unknown_keys_before_training(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'optimizer.learning_rate'"):
+        sweep.run_sweep(tiny_config(), lambda add: add(**{"optimizer.learning_rate": 1.0}), str(tmp_path))
+    assert not (tmp_path / "sweep.csv").exists()
+    assert train.is_vmappable("losses.hiccnn.hier_weight") and not train.is_vmappable("losses.hiccnn.layer")
