@@ -191,7 +191,9 @@ def ablation_cam(layer=None, batch: int = 32, score: str = "logit"):
         cams = []
         for k in layers:
             ablated = ablation_scores(model, variables, images, targets, k, out[k], batch=batch, score=score)
-            cams.append(pipeline.weighted_sum(out[k], (s - ablated) / s))
+            # A zero score (e.g. a dead network) would give 0/0: no evidence, zero weights.
+            w = jnp.where(s != 0, (s - ablated) / jnp.where(s != 0, s, 1.0), 0.0)
+            cams.append(pipeline.weighted_sum(out[k], w))
         return pipeline.finish(cams, images.shape[1:3])
 
     return fn
