@@ -27,8 +27,10 @@ def main():
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads, input {args.size} px")
+    print(
+        f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads, input {args.size} px"
+    )
     rows = []
     for name in args.models:
         torch_model = torch_refs.build(name, num_classes=1000)
@@ -42,10 +44,12 @@ def main():
             compiled = apply.lower(variables, x).compile()
             compile_s = time.perf_counter() - start
             compiled(variables, x).block_until_ready()
-            t_jax = common.median_time(lambda: compiled(variables, x).block_until_ready(), args.repeats)
+            t_jax = common.median_time(
+                lambda c=compiled, v=variables, x=x: c(v, x).block_until_ready(), args.repeats
+            )
             with torch.no_grad():
                 torch_model(xt)
-                t_torch = common.median_time(lambda: torch_model(xt), args.repeats)
+                t_torch = common.median_time(lambda m=torch_model, xt=xt: m(xt), args.repeats)
             rows.append([name, batch, 1e3 * t_jax / batch, 1e3 * t_torch / batch, t_torch / t_jax, compile_s])
             print(f"  {name} batch {batch}: jinterp {t_jax:.3f}s torch {t_torch:.3f}s", flush=True)
     common.print_table(

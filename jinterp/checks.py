@@ -28,14 +28,18 @@ def check_images(images, argument: str = "images", min_size: int = 1, channels: 
     if len(shape) != 4:
         raise ValueError(f"{argument}: expected a rank-4 (N, H, W, C) array, got shape {shape}")
     if channels is not None and shape[-1] != channels:
-        raise ValueError(f"{argument}: expected {channels} channels in the last axis (NHWC), got shape {shape}")
+        raise ValueError(
+            f"{argument}: expected {channels} channels in the last axis (NHWC), got shape {shape}"
+        )
     if shape[1] < min_size or shape[2] < min_size:
         raise ValueError(f"{argument}: expected height and width >= {min_size}, got shape {shape}")
     if shape[0] == 0:
         raise ValueError(f"{argument}: expected at least one image, got shape {shape}")
 
 
-def check_targets(targets, num_images: int, num_classes: int | None = None, argument: str = "targets") -> None:
+def check_targets(
+    targets, num_images: int, num_classes: int | None = None, argument: str = "targets"
+) -> None:
     """Targets are one int class index per image: shape (N,), values in [0, num_classes)."""
     shape = np.shape(targets)
     if shape != (num_images,):
@@ -53,7 +57,9 @@ def check_targets(targets, num_images: int, num_classes: int | None = None, argu
 def check_same_shape(argument: str, value, expected: Sequence[int], expected_name: str) -> None:
     """Raise if ``value`` does not have the shape of ``expected_name``."""
     if tuple(np.shape(value)) != tuple(expected):
-        raise ValueError(f"{argument}: expected shape {tuple(expected)} (as {expected_name}), got {np.shape(value)}")
+        raise ValueError(
+            f"{argument}: expected shape {tuple(expected)} (as {expected_name}), got {np.shape(value)}"
+        )
 
 
 def check_finite(argument: str, value) -> None:

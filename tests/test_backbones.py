@@ -44,7 +44,12 @@ EXPECTED_SHAPES = {
     "vgg16": {"conv1_1": (224, 64), "conv4_3": (28, 512), "conv5_3": (14, 512), "pool5": (7, 512)},
     "resnet18": {"conv1": (112, 64), "layer1.1": (56, 64), "layer3": (14, 256), "layer4": (7, 512)},
     "resnet50": {"layer3": (14, 1024), "layer4": (7, 2048)},
-    "densenet121": {"conv0": (112, 64), "denseblock3": (14, 1024), "transition3": (7, 512), "features": (7, 1024)},
+    "densenet121": {
+        "conv0": (112, 64),
+        "denseblock3": (14, 1024),
+        "transition3": (7, 512),
+        "features": (7, 1024),
+    },
     "small_cnn": {"conv1": (112, 32), "conv4": (56, 64), "conv6": (28, 128)},
 }
 
@@ -54,16 +59,33 @@ def test_out_holds_every_layer_with_documented_shape(name):
     model = ji.backbones.create(name, num_classes=7)
     x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
     (logits, out), _ = jax.eval_shape(model.init_with_output, jax.random.key(0), x)
-    assert list(ji.backbones.layer_names(model)) == list(out) or set(out) == set(ji.backbones.layer_names(model))
+    assert list(ji.backbones.layer_names(model)) == list(out) or set(out) == set(
+        ji.backbones.layer_names(model)
+    )
     assert logits.shape == (2, 7)
     for layer, (side, channels) in EXPECTED_SHAPES[name].items():
         assert out[layer].shape == (2, side, side, channels), layer
 
 
 def test_layer_names_are_in_execution_order():
-    assert ji.backbones.layer_names(ji.backbones.create("resnet18"))[:4] == ("conv1", "layer1.0", "layer1.1", "layer1")
+    assert ji.backbones.layer_names(ji.backbones.create("resnet18"))[:4] == (
+        "conv1",
+        "layer1.0",
+        "layer1.1",
+        "layer1",
+    )
     vgg = ji.backbones.layer_names(ji.backbones.create("vgg11"))
-    assert vgg == ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1", "conv4_2", "conv5_1", "conv5_2", "pool5")
+    assert vgg == (
+        "conv1_1",
+        "conv2_1",
+        "conv3_1",
+        "conv3_2",
+        "conv4_1",
+        "conv4_2",
+        "conv5_1",
+        "conv5_2",
+        "pool5",
+    )
 
 
 def _small_setup(seed=0):
@@ -71,7 +93,9 @@ def _small_setup(seed=0):
     x = _images(3, 32, seed)
     variables = model.init(jax.random.key(seed), x)
     # non-trivial BN statistics so eval-mode BN is really exercised
-    stats = jax.tree.map(lambda a: a + 0.3 * jax.random.uniform(jax.random.key(1), a.shape), variables["batch_stats"])
+    stats = jax.tree.map(
+        lambda a: a + 0.3 * jax.random.uniform(jax.random.key(1), a.shape), variables["batch_stats"]
+    )
     return model, {"params": variables["params"], "batch_stats": stats}, x
 
 
@@ -79,7 +103,11 @@ def _upper_small_cnn(variables, conv5_map):
     """conv6 + BN + ReLU + GAP + fc written directly in jax.lax: an independent split of the model."""
     p, s = variables["params"], variables["batch_stats"]
     y = jax.lax.conv_general_dilated(
-        conv5_map, p["conv6"]["conv"]["kernel"], (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        conv5_map,
+        p["conv6"]["conv"]["kernel"],
+        (1, 1),
+        ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     bn, st = p["conv6"]["bn"], s["conv6"]["bn"]
     y = (y - st["mean"]) / jnp.sqrt(st["var"] + 1e-5) * bn["scale"] + bn["bias"]
@@ -104,7 +132,9 @@ def test_feature_grads_match_grad_of_split_model():
     h, w = maps["conv6"].shape[1:3]
     kernel = variables["params"]["fc"]["kernel"]
     np.testing.assert_allclose(
-        grads["conv6"], jnp.broadcast_to(kernel.T[targets][:, None, None, :] / (h * w), grads["conv6"].shape), rtol=1e-5
+        grads["conv6"],
+        jnp.broadcast_to(kernel.T[targets][:, None, None, :] / (h * w), grads["conv6"].shape),
+        rtol=1e-5,
     )
 
 

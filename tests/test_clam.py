@@ -67,7 +67,9 @@ def test_layer_mask_bumps_the_best_patch_of_each_attribute():
 def test_gate_scales_the_cotangent_only():
     x, m = jnp.arange(4.0), jnp.array([1.0, 2.0, 0.5, 3.0])
     np.testing.assert_array_equal(C._gate(x, m), x)
-    np.testing.assert_allclose(jax.grad(lambda v: (C._gate(v, m) * jnp.arange(1.0, 5.0)).sum())(x), m * jnp.arange(1.0, 5.0))
+    np.testing.assert_allclose(
+        jax.grad(lambda v: (C._gate(v, m) * jnp.arange(1.0, 5.0)).sum())(x), m * jnp.arange(1.0, 5.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,18 @@ def tiny():
     labels = rng.integers(0, 3, 12)
     variables = model.init(jax.random.key(0), images[:1])
     configs = [C.ClaLayerConfig("conv6", 3, 3, 2, 8, 1.3), C.ClaLayerConfig("conv4", 2, 4, 2, 8, 1.2)]
-    trained = C.fit(model, variables, images, labels, configs, key=jax.random.key(1), epochs=40, batch_size=6, patience=40, base="lrp")
+    trained = C.fit(
+        model,
+        variables,
+        images,
+        labels,
+        configs,
+        key=jax.random.key(1),
+        epochs=40,
+        batch_size=6,
+        patience=40,
+        base="lrp",
+    )
     return model, variables, images, labels, trained
 
 
@@ -86,8 +99,10 @@ def test_fit_orders_layers_from_the_output_and_separates_positive_from_negative(
     model, variables, images, labels, trained = tiny
     assert [c.layer for c in trained.configs] == ["conv6", "conv4"]
     # after training, the true class's ICP gives smaller distances than a wrong one on the training patches
-    feats, rel = C._layer_inputs(model, variables, C.Clam((), (), trained.icp, "lrp"), jnp.asarray(images),
-                                 jnp.asarray(labels), "conv6", ji.explain.rules.composite(C.ALPHA1_BETA0))  # fmt: skip
+    untrained = C.Clam((), (), trained.icp, "lrp")
+    composite = ji.explain.rules.composite(C.ALPHA1_BETA0)
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+    feats, rel = C._layer_inputs(model, variables, untrained, x, y, "conv6", composite)
     patches = C.top_patches(feats, rel, trained.configs[0])
     icp = trained.icp[:, :3, :3]
     d_pos = C.paired_distances(trained.params[0], patches, icp[labels]).mean()
@@ -98,7 +113,12 @@ def test_fit_orders_layers_from_the_output_and_separates_positive_from_negative(
 def test_unit_strength_leaves_the_base_relevance_unchanged(tiny):
     model, variables, images, labels, trained = tiny
     x, y = jnp.asarray(images[:4]), jnp.asarray(labels[:4])
-    flat = C.Clam(tuple(c.__class__(**{**c.__dict__, "strength": 1.0}) for c in trained.configs), trained.params, trained.icp, "lrp")
+    flat = C.Clam(
+        tuple(c.__class__(**{**c.__dict__, "strength": 1.0}) for c in trained.configs),
+        trained.params,
+        trained.icp,
+        "lrp",
+    )
     base, _ = C.base_relevance(model, variables, x, y, "lrp")
     np.testing.assert_allclose(C.relevance(model, variables, flat, x, y), base, rtol=1e-5, atol=1e-7)
     assert not np.allclose(C.relevance(model, variables, trained, x, y), base, rtol=1e-3, atol=0)
@@ -126,7 +146,15 @@ def test_bad_inputs(tiny):
     with pytest.raises(ValueError, match="attr, patch"):
         C.ClaLayerConfig("conv6", patch=2, attr=2)
     with pytest.raises(ValueError, match="base"):
-        C.fit(model, variables, images, labels, [C.ClaLayerConfig("conv6")], key=jax.random.key(0), base="gradcam")
+        C.fit(
+            model,
+            variables,
+            images,
+            labels,
+            [C.ClaLayerConfig("conv6")],
+            key=jax.random.key(0),
+            base="gradcam",
+        )
     with pytest.raises(ValueError, match=r"configs.*'conv9'"):
         C.fit(model, variables, images, labels, [C.ClaLayerConfig("conv9")], key=jax.random.key(0))
     with pytest.raises(ValueError, match="checkpoint"):

@@ -42,7 +42,13 @@ from jinterp.explain.registry import register
 from jinterp.losses.clam import balanced_contrastive_loss, intrinsic_class_patterns
 
 # Seed 003 §4.3: every LRP variant it reports uses LRP-alpha-beta with alpha=1, beta=0.
-ALPHA1_BETA0 = {"conv": "alpha1_beta0", "dense": "alpha1_beta0", "sum": "norm", "avgpool": "norm", "batchnorm": "epsilon"}
+ALPHA1_BETA0 = {
+    "conv": "alpha1_beta0",
+    "dense": "alpha1_beta0",
+    "sum": "norm",
+    "avgpool": "norm",
+    "batchnorm": "epsilon",
+}
 BASES = ("lrp", "clrp", "sglrp")
 
 
@@ -71,7 +77,9 @@ class ClaLayerConfig:
 
     def __post_init__(self):
         if not 0 < self.attr < self.patch:
-            raise ValueError(f"attr, patch: expected 0 < attr < patch (seed 003 §3.2), got {self.attr}, {self.patch}")
+            raise ValueError(
+                f"attr, patch: expected 0 < attr < patch (seed 003 §3.2), got {self.attr}, {self.patch}"
+            )
         if self.num_attributes < 1 or self.hidden < 1 or self.strength < 1.0:
             raise ValueError(
                 f"num_attributes, hidden, strength: expected >= 1, >= 1, >= 1.0, got "
@@ -122,9 +130,9 @@ def patch_origins(height: int, width: int, patch: int) -> np.ndarray:
 
 def extract_patches(features: jax.Array, origins: jax.Array, patch: int) -> jax.Array:
     """(h, w, C) map, (Q, 2) origins -> (Q, P, P, C) patches."""
-    return jax.vmap(lambda o: jax.lax.dynamic_slice(features, (o[0], o[1], 0), (patch, patch, features.shape[-1])))(
-        origins
-    )
+    return jax.vmap(
+        lambda o: jax.lax.dynamic_slice(features, (o[0], o[1], 0), (patch, patch, features.shape[-1]))
+    )(origins)
 
 
 def project(params: dict, patches: jax.Array, icp: jax.Array) -> jax.Array:
@@ -160,7 +168,9 @@ def patch_scores(params: dict, config: ClaLayerConfig, features: jax.Array, icp:
     """Mean distance of every attribute to every patch of one map (§3.4): (h, w, C) -> (Q, N)."""
     origins = patch_origins(features.shape[0], features.shape[1], config.patch)
     projected = project(params, extract_patches(features, jnp.asarray(origins), config.patch), icp)
-    per_attr = jax.vmap(window_distances, in_axes=(None, 0))(projected, params["attributes"])  # (N, Q, k, k, D')
+    per_attr = jax.vmap(window_distances, in_axes=(None, 0))(
+        projected, params["attributes"]
+    )  # (N, Q, k, k, D')
     return per_attr.mean(axis=(2, 3, 4)).T
 
 
@@ -213,7 +223,9 @@ def _gating(clam: Clam, targets: jax.Array):
             name, x, out = args
             config, params = active[name]
             icp = clam.icp[targets, : config.patch, : config.patch]
-            mask = jax.vmap(layer_mask, in_axes=(None, None, 0, 0))(params, config, jax.lax.stop_gradient(x), icp)
+            mask = jax.vmap(layer_mask, in_axes=(None, None, 0, 0))(
+                params, config, jax.lax.stop_gradient(x), icp
+            )
             return next_fun(name, _gate(x, mask[..., None]), out, **kwargs)
         return next_fun(*args, **kwargs)
 
@@ -316,7 +328,9 @@ def fit(
         patches = jnp.concatenate(chunks)
         key, init_key = jax.random.split(key)
         params = init_layer(init_key, config, patches.shape[-1])
-        params, _ = _train_layer(params, config, patches, labels, trained.icp, key, epochs, batch_size, patience, log)
+        params, _ = _train_layer(
+            params, config, patches, labels, trained.icp, key, epochs, batch_size, patience, log
+        )
         trained = Clam(configs[: i + 1], trained.params + (params,), trained.icp, base)
     return trained
 
@@ -372,7 +386,14 @@ def relevance(model, variables, clam: Clam, images, targets, composite=ALPHA1_BE
     """Signed input relevance of the base explainer refined by every CLA-layer: (N, H, W, 3)."""
     check_images(images, min_size=min_size(model))
     check_targets(targets, np.shape(images)[0], getattr(model, "num_classes", None))
-    return _explain(model, variables, clam, jnp.asarray(images, jnp.float32), jnp.asarray(targets), rules.composite(composite))
+    return _explain(
+        model,
+        variables,
+        clam,
+        jnp.asarray(images, jnp.float32),
+        jnp.asarray(targets),
+        rules.composite(composite),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -414,7 +435,9 @@ def save(clam: Clam, path: str) -> None:
 def load(path: str) -> Clam:
     """Read a CLAM written by :func:`save`."""
     if not os.path.exists(path):
-        raise ValueError(f"checkpoint: no CLAM file at {path!r}; train one with jinterp.explain.clam.fit and save()")
+        raise ValueError(
+            f"checkpoint: no CLAM file at {path!r}; train one with jinterp.explain.clam.fit and save()"
+        )
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(bytes(data["__meta__"]).decode())
         configs = tuple(ClaLayerConfig(**c) for c in meta["configs"])
