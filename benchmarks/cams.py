@@ -1,0 +1,127 @@
+"""CAM family: per-image time of every method, jinterp vs pytorch-grad-cam (PGC), same weights and inputs.
+
+jinterp runs the jitted ``ji.explain.explain`` (compile excluded, reported separately); PGC runs its
+own classes with ``ClassifierOutputTarget`` per image on the torch twin of the same backbone. Both
+explain the same layer (VGG ``conv5_3`` = ``features[29]``, ResNet ``layer4`` = ``layer4[-1]``).
+Prints a Markdown table with per-image times, the PGC/jinterp ratio, forward passes per image
+(``METHODS`` metadata for jinterp) and the max abs difference of the two heatmaps.
+
+Masked-input methods are slow in PGC on a CPU (Score-CAM on VGG16 at 224 px: minutes per image),
+so ``--masking-size`` runs them at a smaller input (the table states the size used).
+
+    python benchmarks/cams.py [--models vgg16 resnet18] [--size 224] [--batches 1 8]
+        [--methods grad_cam score_cam ...] [--masking-size 64] [--repeats 3] [--no-pgc]
+"""
+
+import argparse
+import contextlib
+import functools
+import io
+import time
+
+import common
+import jax
+import numpy as np
+import torch
+
+import jinterp as ji
+
+from tests import torch_refs  # isort: skip  (installs the torchvision stand-in before PGC)
+import pytorch_grad_cam as pgc  # isort: skip
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # isort: skip
+
+PGC = {
+    "grad_cam": pgc.GradCAM,
+    "grad_cam_pp": pgc.GradCAMPlusPlus,
+    "xgrad_cam": pgc.XGradCAM,
+    "hires_cam": pgc.HiResCAM,
+    "layer_cam": pgc.LayerCAM,
+    "eigen_cam": pgc.EigenCAM,
+    "score_cam": pgc.ScoreCAM,
+    "ablation_cam": pgc.AblationCAM,
+}
+MASKING = {"score_cam", "ablation_cam", "group_cam", "cluster_cam"}
+CAMS = [
+    "cam", "grad_cam", "grad_cam_pp", "smooth_grad_cam_pp", "xgrad_cam", "hires_cam", "layer_cam",
+    "eigen_cam", "score_cam", "ablation_cam", "group_cam", "cluster_cam",
+]  # fmt: skip
+LAYERS = {"vgg16": ("conv5_3", lambda m: m.features[29]), "resnet18": ("layer4", lambda m: m.layer4[-1])}
+
+
+def pgc_passes(method: str, channels: int) -> str:
+    if method in ("score_cam", "ablation_cam"):
+        return f"{channels + 1} full"
+    return "1 + full backward" if method != "eigen_cam" else "1"
+
+
+def run_pgc(method, torch_model, layer, x, targets):
+    cls = PGC[method]
+    kwargs = {"batch_size": 32} if method == "ablation_cam" else {}
+    with cls(torch_model, [layer], **kwargs) as cam, contextlib.redirect_stderr(io.StringIO()):
+        if method == "score_cam":
+            cam.batch_size = 16  # PGC's default
+        return cam(torch_refs.to_nchw(x), [ClassifierOutputTarget(int(t)) for t in targets])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(LAYERS), choices=list(LAYERS))
+    parser.add_argument("--methods", nargs="+", default=CAMS)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--masking-size", type=int, default=None, help="input size for masked-input methods")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pgc-repeats", type=int, default=1)
+    parser.add_argument("--no-pgc", action="store_true", help="time jinterp only")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads)")  # fmt: skip
+    rows, own = [], {}
+    for name in args.models:
+        torch_model = torch_refs.build(name, num_classes=1000)
+        variables = ji.backbones.from_torch(name, torch_model.state_dict())
+        model = ji.backbones.create(name, num_classes=1000)
+        layer, torch_layer = LAYERS[name]
+        channels = ji.backbones.layer_shapes(model, 64)[layer][-1]
+        for method in args.methods:
+            size = args.masking_size if (method in MASKING and args.masking_size) else args.size
+            spec = f'{method}(layer="{layer}")'
+            for batch in args.batches:
+                rng = np.random.default_rng(0)
+                x = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+                t = rng.integers(0, 1000, size=batch)
+                start = time.perf_counter()
+                heat = ji.explain.explain(spec, model, variables, x, t).block_until_ready()
+                first = time.perf_counter() - start
+                run = functools.partial(ji.explain.explain, spec, model, variables, x, t)
+                t_jax = common.median_time(lambda run=run: run().block_until_ready(), args.repeats)
+                own[(name, method, size, batch)] = t_jax
+                t_pgc, diff = float("nan"), float("nan")
+                if method in PGC and not args.no_pgc:
+                    ref = run_pgc(method, torch_model, torch_layer(torch_model), x, t)
+                    run = functools.partial(run_pgc, method, torch_model, torch_layer(torch_model), x, t)
+                    t_pgc = common.median_time(run, args.pgc_repeats)
+                    diff = float(np.abs(np.asarray(heat) - ref).max())
+                fwd, bwd = ji.explain.METHODS[method].passes(channels)
+                rows.append([
+                    name, method, size, batch, 1e3 * t_jax / batch, 1e3 * t_pgc / batch, t_pgc / t_jax,
+                    f"{fwd} fwd / {bwd} bwd", pgc_passes(method, channels) if method in PGC else "-",
+                    diff, first - t_jax,
+                ])  # fmt: skip
+                print(
+                    f"  {name} {method} {size}px batch {batch}: jinterp {t_jax:.3f}s pgc {t_pgc:.3f}s",
+                    flush=True,
+                )
+    common.print_table(
+        ["model", "method", "px", "batch", "jinterp ms/img", "PGC ms/img", "PGC/jinterp", "jinterp passes",
+         "PGC passes", "max |diff|", "compile s"],
+        rows,
+    )  # fmt: skip
+    for (name, method, size, batch), t in own.items():
+        if method == "cluster_cam" and (name, "score_cam", size, batch) in own:
+            ratio = own[(name, "score_cam", size, batch)] / t
+            print(f"{name} {size}px batch {batch}: jinterp Score-CAM / Cluster-CAM time = {ratio:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
