@@ -6,7 +6,10 @@ hit all variants alike. The between-epoch part (eq. 1 statistics for one batch, 
 of the deep layer and, for HICCNN, of the shallow layer inside each deep region) is timed separately.
 Issue goal: each loss <= 15 % over the plain step for vgg16 at batch 16.
 
-    python benchmarks/losses.py [--model vgg16] [--size 224] [--batch 16] [--repeats 5]
+    python benchmarks/losses.py [--model vgg16] [--size 224] [--batch 16] [--repeats 5] [--steps iccnn sync]
+
+``--steps`` limits the whole-step timing to some variants (plain CE is always timed); the loss-alone
+column is measured for every variant.
 """
 
 import argparse
@@ -37,6 +40,15 @@ def make_step(model, tx, specs):
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
+def loss_only(specs, shapes, out, labels):
+    """Median s of value + gradient of the losses w.r.t. their input maps alone (the added work)."""
+    states = {s.name: s.init(shapes) for s in specs}
+    maps = {layer: out[layer] for s in specs for layer in s.layers}
+    fn = jax.jit(jax.grad(lambda m: ji.losses.apply(specs, m, labels, states)[0]))
+    jax.block_until_ready(fn(maps))
+    return common.median_time(lambda: jax.block_until_ready(fn(maps)), 5)
+
+
 def between_epochs(spec, shapes, out, labels, key):
     """(stats s per batch, recluster s, recluster first call s) for one loss spec."""
     state = spec.init(shapes)
@@ -58,6 +70,9 @@ def main():
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--head", default="gap", help="gap (CAM-ready, 2x faster on CPU) or classifier")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--steps", nargs="*", default=None, help="variants whose whole train step is timed (default: all)"
+    )
     args = parser.parse_args()
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}), {args.model} head={args.head}, "
@@ -82,6 +97,8 @@ def main():
     }
     runs = {}
     for name, specs in variants.items():
+        if args.steps is not None and name != "plain CE" and name not in args.steps:
+            continue
         step = make_step(model, tx, specs)
         carry = [jax.tree.map(jnp.copy, params), tx.init(params), {s.name: s.init(shapes) for s in specs}]
         start = time.perf_counter()
@@ -98,15 +115,24 @@ def main():
                 loss.block_until_ready()
 
             run["times"].append(common.median_time(one, 1))
+    # The loss terms alone (value + gradient w.r.t. the maps they read): a noise-free estimate of the
+    # work they add, since whole-step medians on a loaded CPU drift by several percent.
+    _, out = jax.jit(model.apply)({"params": params}, x)
     base = sorted(runs["plain CE"]["times"])[args.repeats // 2]
     rows = []
-    for name, run in runs.items():
-        t = sorted(run["times"])[args.repeats // 2]
-        rows.append([name, t, f"{100 * (t / base - 1):+.1f} %", run["compile"]])
-    common.print_table(["train step", "median s", "overhead vs plain", "first call s (compile)"], rows)
+    for name, specs in variants.items():
+        alone = loss_only(specs, shapes, out, y) if specs else 0.0
+        if name in runs:
+            t = sorted(runs[name]["times"])[args.repeats // 2]
+            step_cols = [t, f"{100 * (t / base - 1):+.1f} %"]
+        else:
+            step_cols = ["-", "-"]
+        compile_s = runs[name]["compile"] if name in runs else "-"
+        rows.append([name, *step_cols, alone, f"{100 * alone / base:.1f} %", compile_s])
+    header = ["train step", "median s", "vs plain", "loss alone s", "loss alone / plain", "first call s"]
+    common.print_table(header, rows)
 
     # Between epochs: statistics of one batch (given its maps) and the re-clustering itself.
-    _, out = jax.jit(model.apply)({"params": params}, x)
     rows = [[name, *between_epochs(variants[name][0], shapes, out, y, key)] for name in ("iccnn", "hiccnn")]
     common.print_table(["between epochs", "stats s / batch", "recluster s", "recluster first call s"], rows)
 
