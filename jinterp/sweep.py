@@ -9,10 +9,12 @@
 When every override is a number that lives in the train state (:func:`jinterp.train.is_vmappable`:
 ``seed``, ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.momentum``, loss weights
 ``losses.<name>.<weight field>``), all points train together in ONE compiled program: the state gets a
-leading axis and the train step is ``jax.vmap``-ed over it (``optax.inject_hyperparams`` keeps the
-optimiser numbers in the state). Every point sees the same batches (``config.data.seed``); ``seed``
-changes initialisation and dropout only. Other overrides (model, data, schedule shape, batch size) run
-one after another, each in its own workdir.
+leading axis (``optax.inject_hyperparams`` keeps the optimiser numbers in the state) and the train step
+runs over it with ``jax.vmap`` (accelerators) or ``lax.map`` (CPU, where vmapped convolutions are slower
+than separate ones; ``config.train.sweep_strategy``, see ``jinterp.train.over_points``).
+Every point sees the same batches (``config.data.seed``); ``seed`` changes initialisation and dropout
+only. Other overrides (model, data, schedule shape, batch size) run one after another, each in its own
+workdir.
 """
 
 import copy

@@ -52,6 +52,7 @@ from jinterp.checks import check_choice
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup_cosine", "step", "exponential_step")
+SWEEP_STRATEGIES = ("auto", "vmap", "map")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -118,6 +119,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
     c.train.hook_batches = 0  # batches per re-clustering pass (0: whole train split)
+    c.train.sweep_strategy = "auto"  # numeric sweeps: vmap | map (lax.map) | auto (map on CPU, else vmap)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adam | adamw | sgd
@@ -172,6 +174,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check_choice("config.optimizer.name", config.optimizer.name, OPTIMIZERS)
     check_choice("config.schedule.name", config.schedule.name, SCHEDULES)
     check_choice("config.model.name", config.model.name, backbones.MODELS)
+    check_choice("config.train.sweep_strategy", config.train.sweep_strategy, SWEEP_STRATEGIES)
     for path in ("train.batch_size", "train.log_every", "train.eval_batch_size", "train.keep_checkpoints"):
         node = config
         for k in path.split("."):
@@ -672,6 +675,20 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     return int(data.num_classes(config.data.name, **data_fields(config.data)))
 
 
+def over_points(step_fn: Callable, strategy: str) -> Callable:
+    """``step_fn(state, batch)`` over a leading sweep-point axis of ``state`` (same batch for every point).
+
+    ``vmap`` batches the points into each op: on accelerators that fills the device, but on XLA:CPU the
+    vmapped convolutions (different kernels per point) become grouped convolutions that ran ~3x slower
+    per point than separate ones (benchmarks/train.py). ``map`` (``lax.map``) runs the points one after
+    another inside the same compiled program: one compile and one data pipeline for the whole sweep,
+    per-point speed of a single run.
+    """
+    if strategy == "vmap":
+        return jax.vmap(step_fn, in_axes=(0, None))
+    return lambda states, batch: jax.lax.map(lambda s: step_fn(s, batch), states)
+
+
 class Trainer:
     """Model, optimiser, losses, mesh and the jitted steps of one config (everything but the loop).
 
@@ -705,6 +722,11 @@ class Trainer:
         self.image_size = int(config.data.get("image_size", 64))
         self.steps_per_epoch = 1
         self._factor_config = config.schedule
+        strategy = config.train.get("sweep_strategy", "auto")
+        check_choice("config.train.sweep_strategy", strategy, SWEEP_STRATEGIES)
+        self.sweep_strategy = (
+            ("map" if jax.default_backend() == "cpu" else "vmap") if strategy == "auto" else strategy
+        )
         self._build_steps()
 
     def _build_steps(self):
@@ -712,8 +734,10 @@ class Trainer:
         train_step = make_train_step(self.model, self.tx, self.specs, factor)
         eval_step = make_eval_step(self.model)
         if self.points is not None:
-            train_step = jax.vmap(train_step, in_axes=(0, None))
-            eval_step = jax.vmap(eval_step, in_axes=(0, None))
+            train_step, eval_step = (
+                over_points(train_step, self.sweep_strategy),
+                over_points(eval_step, "vmap"),
+            )
         data = NamedSharding(self.mesh, P("data"))
         self.train_step = jax.jit(
             train_step, in_shardings=(self.repl, data), out_shardings=(self.repl, self.repl), donate_argnums=0

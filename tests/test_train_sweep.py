@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jinterp import sweep, train
-from tests.test_train import MemoryData, tiny_config
+from tests.test_train import MemoryData, _assert_trees_close, tiny_config
 
 
 def _sweep(add):
@@ -16,30 +16,34 @@ def _sweep(add):
     add(**{"optimizer.lr": 3e-3, "seed": 1, "optimizer.weight_decay": 0.0})
 
 
-def test_vmapped_sweep_equals_sequential_runs(tmp_path):
+@pytest.mark.slow
+def test_numeric_sweep_in_one_program_equals_sequential_runs(tmp_path):
+    """lax.map (CPU default) and vmap sweeps both reproduce the points trained one after another."""
     cfg = tiny_config(**{"train.steps": 5, "train.checkpoint_every": 0, "train.log_every": 5})
     src = MemoryData()
-    rows = sweep.run_sweep(cfg, _sweep, str(tmp_path / "v"), data=src.data(cfg.data))
+    rows = sweep.run_sweep(cfg, _sweep, str(tmp_path / "m"), data=src.data(cfg.data))
     assert all(r["vmapped"] for r in rows) and len(rows) == 2
+    points = sweep.collect_points(_sweep)
     stacked = train.train_and_evaluate(
-        cfg, str(tmp_path / "v" / "vmapped"), points=sweep.collect_points(_sweep), data=src.data(cfg.data)
-    )["state"]
-    assert stacked.params["fc"]["kernel"].shape[0] == 2  # resumed from the finished stacked checkpoint
-    for i, point in enumerate(sweep.collect_points(_sweep)):
-        one = train.train_and_evaluate(
-            sweep.apply_overrides(cfg, point), str(tmp_path / f"s{i}"), data=src.data(cfg.data)
-        )
-        diffs = jax.tree.map(
-            lambda a, b, i=i: np.max(np.abs(np.asarray(a)[i] - np.asarray(b))),
-            jax.device_get(stacked.params),
-            jax.device_get(one["state"].params),
-        )
-        assert max(jax.tree.leaves(diffs)) < 1e-5, (point, diffs)
-        assert rows[i]["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-6)
-        assert json.load(open(f"{rows[i]['workdir']}/summary.json"))["overrides"] == point
-    table = list(csv.DictReader(open(tmp_path / "v" / "sweep.csv")))
+        cfg, str(tmp_path / "m" / "vmapped"), points=points, data=src.data(cfg.data)
+    )
+    assert stacked["resumed"] and stacked["state"].params["fc"]["kernel"].shape[0] == 2  # finished checkpoint
+    cfg_v = tiny_config(**{"train.steps": 5, "train.checkpoint_every": 0, "train.sweep_strategy": "vmap"})
+    vmapped = train.train_and_evaluate(cfg_v, str(tmp_path / "v"), points=points, data=src.data(cfg.data))
+    _assert_trees_close(
+        jax.device_get(stacked["state"].params), jax.device_get(vmapped["state"].params), 1e-5
+    )
+    # The second point (other lr, weight decay and seed) trained on its own.
+    one = train.train_and_evaluate(
+        apply := sweep.apply_overrides(cfg, points[1]), str(tmp_path / "one"), data=src.data(apply.data)
+    )
+    second = jax.tree.map(lambda x: np.asarray(x)[1], jax.device_get(stacked["state"].params))
+    _assert_trees_close(second, jax.device_get(one["state"].params), 1e-5)
+    assert rows[1]["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-6)
+    assert json.load(open(f"{rows[1]['workdir']}/summary.json"))["overrides"] == points[1]
+    table = list(csv.DictReader(open(tmp_path / "m" / "sweep.csv")))
     assert [float(r["optimizer.lr"]) for r in table] == [1e-2, 3e-3]
-    md = open(tmp_path / "v" / "sweep.md").read().splitlines()
+    md = open(tmp_path / "m" / "sweep.md").read().splitlines()
     assert md[0].startswith("| optimizer.lr | seed |") and len(md) == 4
 
 
