@@ -3,11 +3,16 @@
     python launch.py --config configs/quickstart.py --workdir runs/quickstart
     python launch.py --config configs/vgg16.py:hiccnn,runlocal --workdir /tmp/v --config.train.steps=20
     python launch.py --config configs/quickstart.py --workdir runs/qs_sweep --sweep
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode evaluate
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode explain
     python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode show_data
 
 ``--config`` is a Python file with ``get_config(arg)`` (``file.py:arg`` passes ``arg``); any field can be
 overridden with ``--config.<path>=<value>`` (unknown keys and wrong types are rejected). A training run
-resumes from the last checkpoint in ``--workdir``. Everything here is a thin wrapper around importable
+resumes from the last checkpoint in ``--workdir``; ``evaluate`` (``jinterp.metrics.report``: accuracy,
+filter metrics, localisation and faithfulness of ``config.evaluate.methods``) and ``explain`` (heatmap
+grid) restore it. Errors in the config, the workdir or the checkpoint print one line and exit 2.
+Everything here is a thin wrapper around importable
 functions (``jinterp.train.train_and_evaluate``, ``jinterp.sweep.run_sweep``), usable from notebooks.
 """
 
@@ -61,39 +66,61 @@ def train_mode(config, workdir: str, sweep: bool = False, config_path: str = "")
     return rows
 
 
-def _missing(mode: str, module: str, entry: str) -> int:
-    print(
-        f"--mode {mode}: not available yet: it needs {module}.{entry}, which this checkout does not have. "
-        "Train with --mode train; see the README for the library functions you can call directly.",
-        file=sys.stderr,
+def _methods(config) -> list[str]:
+    return [m.strip() for m in config.evaluate.methods.split(",") if m.strip()]
+
+
+def evaluate_mode(config, workdir: str) -> dict:
+    """Accuracy, filter metrics and per-method localisation/faithfulness of the model in ``workdir``.
+
+    Writes ``workdir/evaluation/{metrics.json, report.md, *.png}`` (``jinterp.metrics.report``).
+    """
+    from jinterp import train
+    from jinterp.metrics import report
+
+    train.validate_config(config)
+    model, variables, step = train.restore_model(config, workdir)
+    data = train.load_split(config, config.train.eval_split, config.evaluate.num_images)
+    results, artifacts = report.evaluate(
+        model,
+        variables,
+        data,
+        layer=config.evaluate.layer or None,
+        methods=_methods(config),
+        num_explained=config.evaluate.num_explained,
     )
-    return 3
+    name = f"{config.model.name}@{step}"
+    paths = report.write_report(
+        {name: results}, os.path.join(os.path.abspath(workdir), "evaluation"), {name: artifacts}
+    )
+    print(json.dumps({"accuracy": results["accuracy"], "files": paths}, indent=2, default=str))
+    return results
 
 
-def evaluate_mode(config, workdir: str) -> int:
-    """Metrics of the trained model in ``workdir`` (``jinterp.metrics.evaluate_run``)."""
-    try:
-        from jinterp import metrics
-    except ImportError:
-        return _missing("evaluate", "jinterp.metrics", "evaluate_run")
-    if not hasattr(metrics, "evaluate_run"):
-        return _missing("evaluate", "jinterp.metrics", "evaluate_run")
-    result = metrics.evaluate_run(config, workdir)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+def explain_mode(config, workdir: str, num_images: int = 8) -> str:
+    """Heatmaps of ``config.evaluate.methods`` on the first test images -> ``workdir/explanations.png``."""
+    import numpy as np
 
+    from jinterp import explain, train
+    from jinterp.metrics import plots
 
-def explain_mode(config, workdir: str) -> int:
-    """Explanations of test images by the trained model in ``workdir`` (``jinterp.explain.explain_run``)."""
-    try:
-        from jinterp import explain
-    except ImportError:
-        return _missing("explain", "jinterp.explain", "explain_run")
-    if not hasattr(explain, "explain_run"):
-        return _missing("explain", "jinterp.explain", "explain_run")
-    result = explain.explain_run(config, workdir)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    train.validate_config(config)
+    model, variables, _ = train.restore_model(config, workdir)
+    data = train.load_split(config, config.train.eval_split, num_images)
+    images = np.asarray(data["image"], np.float32)
+    logits, _ = model.apply(variables, images)
+    targets = np.asarray(logits).argmax(-1).astype(np.int32)  # explain the predicted class
+    layer = config.evaluate.layer
+    heatmaps = {}
+    for spec in _methods(config):
+        name, kwargs = explain.parse(spec)
+        if layer and "layer" not in kwargs and "layer" in explain.METHODS[name].options():
+            spec = f"{name}({', '.join([*(f'{k}={v!r}' for k, v in kwargs.items()), f'layer={layer!r}'])})"
+        heatmaps[spec] = np.asarray(explain.explain(spec, model, variables, images, targets))
+    path = os.path.join(os.path.abspath(workdir), "explanations.png")
+    plots.plot_heatmap_grid(images, heatmaps, path, max_images=num_images)
+    print(f"wrote {path} (targets: predicted classes {targets.tolist()}, labels {data['label'].tolist()})")
+    return path
 
 
 def show_data_mode(config, workdir: str, n: int = 16) -> str:
@@ -146,7 +173,8 @@ def main(argv):
         if mode == "show_data":
             show_data_mode(config, workdir)
             return 0
-        return evaluate_mode(config, workdir) if mode == "evaluate" else explain_mode(config, workdir)
+        (evaluate_mode if mode == "evaluate" else explain_mode)(config, workdir)
+        return 0
     except ValueError as e:  # bad config values, unwritable workdir, incompatible checkpoint
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -142,6 +142,13 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.outputs = ml_collections.ConfigDict()
     c.outputs.predictions_png = False
+
+    # --mode evaluate / explain (launch.py): the trained model of the workdir on the test split.
+    c.evaluate = ml_collections.ConfigDict()
+    c.evaluate.methods = "grad_cam,grad_cam_pp,layer_cam,score_cam,cluster_cam"  # jinterp.explain specs
+    c.evaluate.layer = ""  # '' = the model's last tappable layer
+    c.evaluate.num_images = 512  # test images evaluated
+    c.evaluate.num_explained = 64  # images explained per method
     return c
 
 
@@ -1122,6 +1129,36 @@ def train_and_evaluate(
             json.dump(summary, f, indent=2)
     summary["state"] = state
     return summary
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, dict, int]:
+    """``(model, variables, step)`` of the latest checkpoint in ``workdir`` (for evaluation/explanation).
+
+    Raises:
+      ValueError: no checkpoint in ``workdir``; IncompatibleCheckpointError: written by another model.
+    """
+    trainer = Trainer(config)
+    ckpt = Checkpoints(workdir, keep=int(config.train.keep_checkpoints))
+    try:
+        if ckpt.latest_step() is None:
+            raise ValueError(f"--workdir: no checkpoint in {ckpt.directory}; train first (--mode train)")
+        state = ckpt.restore(trainer.abstract_state(), trainer.meta())
+    finally:
+        ckpt.manager.close()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return trainer.model, jax.device_get(variables), int(state.step)
+
+
+def load_split(config: ml_collections.ConfigDict, split: str, limit: int) -> dict[str, np.ndarray]:
+    """The first ``limit`` examples of ``split`` (index order, no augmentation) as numpy arrays."""
+    data = Data(config.data)
+    batches, n = [], 0
+    for batch in data.eval(split, min(limit, 256)):
+        batches.append(batch)
+        n += len(batch["label"])
+        if n >= limit:
+            break
+    return {k: np.concatenate([b[k] for b in batches])[:limit] for k in batches[0]}
 
 
 def save_predictions(trainer: Trainer, state: TrainState, data: Data, path: str, n: int = 16) -> str:

@@ -46,6 +46,10 @@ def test_launch_trains_resumes_and_reports(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming from step 6" in r.stderr
     assert json.load(open(tmp_path / "summary.json"))["step"] == 9
+    # --mode explain restores that checkpoint and draws heatmaps of the first test images.
+    r = launch("--workdir", str(tmp_path), "--mode", "explain", "--config.evaluate.methods=grad_cam", *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert os.path.getsize(tmp_path / "explanations.png") > 1000
 
 
 @pytest.mark.parametrize(
@@ -79,10 +83,6 @@ def test_unwritable_workdir(tmp_path):
     assert r.returncode == 2 and "--workdir:" in r.stderr and "not a writable directory" in r.stderr
 
 
-def test_missing_mode_backend_fails_loudly(tmp_path):
-    import jinterp.explain
-
-    if hasattr(jinterp.explain, "explain_run"):
-        pytest.skip("jinterp.explain.explain_run exists")
-    r = launch("--workdir", str(tmp_path), "--mode", "explain", *TINY)
-    assert r.returncode == 3 and "jinterp.explain.explain_run" in r.stderr
+def test_evaluate_without_a_checkpoint_fails_clearly(tmp_path):
+    r = launch("--workdir", str(tmp_path), "--mode", "evaluate", *TINY)
+    assert r.returncode == 2 and "no checkpoint in" in r.stderr and "Traceback" not in r.stderr
