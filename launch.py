@@ -183,11 +183,14 @@ def main(argv):
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with a one-line message (exit 2) for an unknown ``--config.<key>``.
 
-    config_flags raises a bare KeyError/AttributeError for a key the config does not have; absl itself
-    already reports wrong types (``--config.train.steps=abc``) cleanly and exits 1.
+    config_flags raises a bare KeyError/AttributeError for a key the config does not have; absl raises
+    ``flags.Error`` for wrong types (``--config.train.steps=abc``) and missing required flags.
     """
     try:
         return flags.FLAGS(argv)
+    except flags.Error as e:  # wrong type, missing --workdir, unknown flag
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (KeyError, AttributeError) as e:
         message = (
             str(e.args[0] if e.args else e)

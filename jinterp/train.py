@@ -1060,9 +1060,16 @@ def train_and_evaluate(
             jax.block_until_ready(state.step)
             timing["compile_s"] = time.time() - t0
             t_loop, step_at_t = time.time(), step
-        if budget and not resumed and step - step_at_t == calibrate:
+        # Wall-clock budget: fix the schedule length after `calibrate` timed steps, and shorten it again
+        # at every log step if the machine got slower (only ever shorter: the cosine end moves closer).
+        if (
+            budget
+            and not resumed
+            and step - step_at_t >= calibrate
+            and (step - step_at_t == calibrate or step % log_every == 0)
+        ):
             jax.block_until_ready(state.step)
-            rate = calibrate / (time.time() - t_loop)
+            rate = (step - step_at_t) / (time.time() - t_loop)
             reserve = float(config.train.get("time_reserve_s", 30.0))
             affordable = step + int(rate * (t_start + budget - reserve - time.time()))
             if affordable < n_steps:

@@ -69,7 +69,7 @@ def test_bad_config_key_or_value_exits_with_a_clear_message(tmp_path, override, 
 
 def test_bad_config_type_is_rejected_by_the_flag_parser(tmp_path):
     r = launch("--workdir", str(tmp_path), "--config.train.steps=abc")
-    assert r.returncode != 0 and "--config.train.steps=abc" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--config.train.steps=abc" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unwritable_workdir(tmp_path):

@@ -307,7 +307,8 @@ def test_incompatible_checkpoint_is_refused_and_left_untouched(full_run, tmp_pat
     before = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(workdir) for p in fs}
     cfg = tiny_config_run(**{"model.kwargs.widths": (4, 16)})
     with pytest.raises(
-        train.IncompatibleCheckpointError, match=r"batch_stats/conv2/bn/mean is \(8,\) in the checkpoint and \(16,\)"
+        train.IncompatibleCheckpointError,
+        match=r"batch_stats/conv2/bn/mean is \(8,\) in the checkpoint and \(16,\)",
     ):
         train.train_and_evaluate(cfg, str(workdir), data=MemoryData().data(cfg.data))
     after = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(workdir) for p in fs}
@@ -332,3 +333,19 @@ def test_bad_config_values_raise_value_errors(tmp_path):
     cfg = tiny_config(**{"train.batch_size": 6})  # 4 devices
     with pytest.raises(ValueError, match="multiple of the 4 devices"):
         train.Trainer(cfg)
+
+
+def test_time_budget_shortens_the_schedule(tmp_path):
+    """A budget already spent at calibration ends the run one step later, cosine ending there."""
+    cfg = tiny_config(
+        **{
+            "train.steps": 50,
+            "train.time_budget_s": 1e-3,
+            "train.time_reserve_s": 0.0,
+            "train.calibrate_steps": 2,
+            "train.checkpoint_every": 0,
+        }
+    )
+    summary = train.train_and_evaluate(cfg, str(tmp_path), data=MemoryData().data(cfg.data))
+    assert summary["step"] == 3
+    assert float(summary["state"].hparams["total_steps"]) == 3.0
