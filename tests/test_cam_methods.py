@@ -168,8 +168,8 @@ SEEN = []  # images that went through the constructed model (counted by a host c
 class Quadrants(Backbone):
     """Input side a multiple of 4 (tests use 16 px); layer ``feat`` (4x4x6) = mean brightness of
     each cell of a 4x4 grid times a fixed block pattern: channels 0-1 the top-left 2x2 cells, 2-3
-    bottom-right, 4-5 top-right (scales 1, 1.1), i.e. three known clusters. Logit 0 = sum of the top-left quadrant - sum of the bottom-right;
-    logit 1 = its negative."""
+    bottom-right, 4-5 top-right (scales 1, 1.1), i.e. three known clusters. Logit 0 = sum of the
+    top-left quadrant - sum of the bottom-right; logit 1 = its negative."""
 
     num_classes: int = 2
     min_size: ClassVar[int] = 16
@@ -268,3 +268,18 @@ def test_group_cam_matches_reference_code_steps(small):
         checked += 1
         np.testing.assert_allclose(h[i], (total - total.min()) / (total.max() - total.min()), atol=1e-4)
     assert checked >= 2
+
+
+@pytest.mark.parametrize("method", ["score_cam", "cluster_cam"])
+def test_masking_memory_is_bounded_by_batch(small, method):
+    """XLA's temporary buffers grow with ``batch`` (masked copies in flight), not with channels x images."""
+    model, variables, x, t = small
+    x = jnp.concatenate([x] * 4)  # 12 images x 32 channels = 384 masked copies for Score-CAM
+    t = jnp.concatenate([t] * 4)
+
+    def temp_bytes(batch):
+        fn = ji.explain.jitted(f"{method}(layer='conv5', batch={batch})")
+        return fn.lower(model, variables, x, t).compile().memory_analysis().temp_size_in_bytes
+
+    small_b, large_b = temp_bytes(2), temp_bytes(64)
+    assert small_b < large_b / 2

@@ -274,13 +274,21 @@ def group_cam(
                 i, j = pair // g, pair % g
                 up = pipeline.upsample(grouped[i, j], size)
                 lo, hi = up.min(), up.max()
-                mask = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
+                scale = jnp.where(hi > lo, 1.0 / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
+                mask = (up - lo) * scale  # 0 for a constant map: mixed = blur, score 0
                 x = images[i] * mask[..., None] + blurred[i] * (1 - mask[..., None])
                 logits, _ = pipeline.forward(model, variables, x[None])
-                return (pipeline.softmax_score(logits, targets[i][None])[0] - base[i]) * mask
+                return pipeline.softmax_score(logits, targets[i][None])[0] - base[i], lo, scale
 
-            weighted = jax.lax.map(mixed_score, jnp.arange(n * g), batch_size=min(batch, n * g))
-            heats.append(pipeline.minmax(jax.nn.relu(weighted.reshape(n, g, *size).sum(1))))
+            pairs = jnp.arange(n * g)
+            score, lo, scale = (
+                r.reshape(n, g) for r in jax.lax.map(mixed_score, pairs, batch_size=min(batch, n * g))
+            )
+            # sum_g score_g M_g with M_g = (U(G_g) - lo_g) scale_g; U is linear and keeps constants, so
+            # the sum is taken at the layer's resolution and upsampled once (no (N, G, H, W) buffer).
+            a = score * scale
+            low = jnp.einsum("nghw,ng->nhw", grouped, a) - (a * lo).sum(1)[:, None, None]
+            heats.append(pipeline.minmax(jax.nn.relu(pipeline.upsample(low, size))))
         return pipeline.minmax(jnp.mean(jnp.stack(heats), axis=0))
 
     return fn
