@@ -129,9 +129,7 @@ def modules(fmaps: jax.Array, eps: float = EPS, max_iters: int | None = None) ->
     Returns:
       (C,) int32 module id per filter, numbered 0..M-1 in order of each module's lowest filter index.
     """
-    pos = expected_positions(fmaps)  # (B, C, 2)
-    diff = pos[:, :, None, :] - pos[:, None, :, :]
-    rms = jnp.sqrt(jnp.mean(jnp.sum(diff * diff, -1), axis=0))
+    rms = jnp.sqrt(jnp.mean(pairwise_distances(expected_positions(fmaps)) ** 2, axis=0))
     return components(rms <= eps, max_iters)
 
 
