@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jinterp.backbones.base import Backbone
-from jinterp.backbones.layers import BN_EPSILON, BN_MOMENTUM, AvgPool, ConvBN, MaxPool
+from jinterp.backbones.layers import BN_EPSILON, BN_MOMENTUM, AvgPool, ConvBN, MaxPool, global_avg_pool
 
 CONFIGS = {121: (32, (6, 12, 24, 16), 64)}  # growth rate, layers per block, stem width
 BN_SIZE = 4
@@ -60,7 +60,7 @@ class DenseNet(Backbone):
                 x = ConvBN(x.shape[-1] // 2, 1, 1, 0, use_bias=False, name=f"transition{b}_conv")(x)
                 x = self.tap(f"transition{b}", AvgPool(2, 2, name=f"transition{b}_pool")(x), out)
         x = self.tap("features", nn.relu(_bn(train, "norm5")(x)), out)
-        return nn.Dense(self.num_classes, name="classifier")(x.mean(axis=(1, 2))), out
+        return nn.Dense(self.num_classes, name="classifier")(global_avg_pool(x)), out
 
 
 def torch_names(model: DenseNet) -> dict[str, str]:

@@ -104,6 +104,12 @@ class AdaptiveAvgPool(nn.Module):
         return jnp.einsum("ph,nhwc,qw->npqc", mh, x, mw, optimize=True)
 
 
+def global_avg_pool(x):
+    """(N, h, w, C) -> (N, C) through an ``AdaptiveAvgPool(1)`` module, so LRP sees the pooling as a
+    rule site (zennit applies its Norm rule to torchvision's ``AdaptiveAvgPool2d``)."""
+    return AdaptiveAvgPool(1, name="avgpool")(x).reshape(x.shape[0], -1)
+
+
 class Sum(nn.Module):
     """Sum of same-shaped tensors (residual connections): a rule site for LRP's z-rule on sums."""
 

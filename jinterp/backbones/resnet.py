@@ -11,7 +11,7 @@ from typing import ClassVar
 import flax.linen as nn
 
 from jinterp.backbones.base import Backbone
-from jinterp.backbones.layers import ConvBN, MaxPool, Sum
+from jinterp.backbones.layers import ConvBN, MaxPool, Sum, global_avg_pool
 
 # torchvision: (block type, blocks per stage)
 CONFIGS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
@@ -69,7 +69,7 @@ class ResNet(Backbone):
                 x = self.tap(f"layer{s}.{b}", x, out)
                 in_ch = planes * EXPANSION[kind]
             x = self.tap(f"layer{s}", x, out)
-        return nn.Dense(self.num_classes, name="fc")(x.mean(axis=(1, 2))), out
+        return nn.Dense(self.num_classes, name="fc")(global_avg_pool(x)), out
 
 
 def torch_names(model: ResNet) -> dict[str, str]:

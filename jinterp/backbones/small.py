@@ -12,7 +12,7 @@ from typing import ClassVar
 import flax.linen as nn
 
 from jinterp.backbones.base import Backbone
-from jinterp.backbones.layers import ConvBN
+from jinterp.backbones.layers import ConvBN, global_avg_pool
 
 
 class SmallCNN(Backbone):
@@ -30,7 +30,7 @@ class SmallCNN(Backbone):
         for i, (width, stride) in enumerate(zip(self.widths, self.strides, strict=True), start=1):
             x = ConvBN(width, 3, stride, 1, use_bias=False, use_bn=True, name=f"conv{i}")(x, train)
             x = self.tap(f"conv{i}", nn.relu(x), out)
-        return nn.Dense(self.num_classes, name="fc")(x.mean(axis=(1, 2))), out
+        return nn.Dense(self.num_classes, name="fc")(global_avg_pool(x)), out
 
 
 def torch_names(model: SmallCNN) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import ClassVar
 import flax.linen as nn
 
 from jinterp.backbones.base import Backbone
-from jinterp.backbones.layers import AdaptiveAvgPool, ConvBN, MaxPool
+from jinterp.backbones.layers import AdaptiveAvgPool, ConvBN, MaxPool, global_avg_pool
 
 # torchvision.models.vgg.cfgs: channel counts per block.
 CONFIGS = {
@@ -44,7 +44,7 @@ class VGG(Backbone):
             x = MaxPool(2, 2, name=f"pool{b}")(x)
         x = self.tap("pool5", x, out)
         if self.head == "gap":
-            return nn.Dense(self.num_classes, name="fc")(x.mean(axis=(1, 2))), out
+            return nn.Dense(self.num_classes, name="fc")(global_avg_pool(x)), out
         x = AdaptiveAvgPool(7, name="avgpool")(x)
         x = x.reshape(x.shape[0], -1)  # NHWC flatten; from_torch permutes fc6 from torch's NCHW order
         for name, width in (("fc6", 4096), ("fc7", 4096)):
