@@ -1071,9 +1071,9 @@ def train_and_evaluate(
             jax.block_until_ready(state.step)
             rate = (step - step_at_t) / (time.time() - t_loop)
             reserve = float(config.train.get("time_reserve_s", 30.0))
-            affordable = step + int(rate * (t_start + budget - reserve - time.time()))
+            affordable = max(step + int(rate * (t_start + budget - reserve - time.time())), step + 1)
             if affordable < n_steps:
-                n_steps = max(affordable, step + 1)
+                n_steps = affordable
                 state = state.replace(
                     hparams={
                         **state.hparams,

@@ -336,7 +336,8 @@ def test_bad_config_values_raise_value_errors(tmp_path):
 
 
 def test_time_budget_shortens_the_schedule(tmp_path):
-    """A budget already spent at calibration ends the run one step later, cosine ending there."""
+    """A budget already spent at calibration (2 timed steps after the compiling one) ends the run one
+    step later, with the cosine ending there."""
     cfg = tiny_config(
         **{
             "train.steps": 50,
@@ -347,5 +348,5 @@ def test_time_budget_shortens_the_schedule(tmp_path):
         }
     )
     summary = train.train_and_evaluate(cfg, str(tmp_path), data=MemoryData().data(cfg.data))
-    assert summary["step"] == 3
-    assert float(summary["state"].hparams["total_steps"]) == 3.0
+    assert summary["step"] == 4
+    assert float(summary["state"].hparams["total_steps"]) == 4.0
