@@ -168,7 +168,7 @@ def test_registry_heatmaps_and_contrastive(small):
     # The paper variant is one signed pass, i.e. (by linearity) target pass minus unscaled dual pass.
     comp = R.composite("bounded_deep_taylor")
     logits, _, backward = L.forward(model, v, jnp.asarray(x), comp)
-    a_t, a_d = (backward(r)[0] for r in L._contrastive_inits(logits, jnp.asarray(t), "sglrp"))
+    a_t, a_d = (backward(r)[0] for r in L.contrastive_inits(logits, jnp.asarray(t), "sglrp"))
     paper = L.contrastive_relevance(model, v, jnp.asarray(x), jnp.asarray(t), "sglrp", variant="paper")
     np.testing.assert_allclose(paper, a_t - a_d, rtol=1e-4, atol=1e-6 * float(np.abs(a_t).max()))
 

@@ -242,10 +242,9 @@ def base_relevance(model, variables, images, targets, base="clrp", composite=ALP
     logits, _, backward = lrp_lib.forward(model, variables, images, comp, layers)
     if base == "lrp":
         return backward(lrp_lib.logit_init(logits, targets))
-    target_init, dual_init = lrp_lib._contrastive_inits(logits, targets, base)
+    target_init, dual_init = lrp_lib.contrastive_inits(logits, targets, base)
     (a_t, layer_t), (a_d, _) = backward(target_init), backward(dual_init)
-    st, sd = a_t.sum((1, 2, 3), keepdims=True), a_d.sum((1, 2, 3), keepdims=True)
-    return a_t - a_d * jnp.where(sd != 0, st / jnp.where(sd != 0, sd, 1.0), 0.0), layer_t
+    return lrp_lib.rescaled_difference(a_t, a_d), layer_t
 
 
 @functools.partial(jax.jit, static_argnames=("model", "layer", "composite"))

@@ -390,7 +390,7 @@ def lrp(composite: str = "epsilon_plus_flat", init: str = "logit", low=-1.0, hig
 # --- CLRP / SGLRP ---------------------------------------------------------------------------------
 
 
-def _contrastive_inits(logits, targets, method: str):
+def contrastive_inits(logits, targets, method: str):
     """(target, dual) initial relevances of the reference code (uchidalab/softmaxgradient-lrp)."""
     n_cls = logits.shape[-1]
     onehot = jax.nn.one_hot(targets, n_cls, dtype=logits.dtype)
@@ -404,7 +404,7 @@ def _contrastive_inits(logits, targets, method: str):
 
 def _signed_init(logits, targets, method: str):
     """Single signed initial relevance of the papers (Gu 2018 CLRP; Iwana 2019 SGLRP eq. 5)."""
-    target, dual = _contrastive_inits(logits, targets, method)
+    target, dual = contrastive_inits(logits, targets, method)
     if method == "sglrp":
         target = target - 1e-8 * jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
     return target - dual
@@ -430,10 +430,16 @@ def contrastive_relevance(
     logits, _, backward = forward(model, variables, images, comp)
     if variant == "paper":
         return backward(_signed_init(logits, targets, method))[0]
-    inits = jnp.stack(_contrastive_inits(logits, targets, method))
+    inits = jnp.stack(contrastive_inits(logits, targets, method))
     a_t, a_d = jax.vmap(lambda r: backward(r)[0])(inits)
-    st, sd = a_t.sum((1, 2, 3), keepdims=True), a_d.sum((1, 2, 3), keepdims=True)
-    return a_t - a_d * jnp.where(sd != 0, st / jnp.where(sd != 0, sd, 1.0), 0.0)
+    return rescaled_difference(a_t, a_d)
+
+
+def rescaled_difference(a_target: jax.Array, a_dual: jax.Array) -> jax.Array:
+    """``A_t - A_dual * sum(A_t) / sum(A_dual)`` per image (the reference CLRP/SGLRP combination)."""
+    axes = tuple(range(1, a_target.ndim))
+    st, sd = a_target.sum(axes, keepdims=True), a_dual.sum(axes, keepdims=True)
+    return a_target - a_dual * jnp.where(sd != 0, st / jnp.where(sd != 0, sd, 1.0), 0.0)
 
 
 def _contrastive(method):
@@ -477,7 +483,9 @@ __all__ = [
     "Site",
     "check_composite",
     "clrp",
+    "contrastive_inits",
     "contrastive_relevance",
+    "rescaled_difference",
     "forward",
     "layer_names",
     "logit_init",
