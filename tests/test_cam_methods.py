@@ -72,7 +72,12 @@ def test_every_method_gives_scaled_maps_without_retrace(small, method):
         np.testing.assert_allclose(ji.explain.get(spec)(model, variables, x, t), h, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", CAM_METHODS)
+FAST_DEAD = {"grad_cam", "eigen_cam", "score_cam", "ablation_cam", "group_cam"}
+
+
+@pytest.mark.parametrize(
+    "method", [m if m in FAST_DEAD else pytest.param(m, marks=pytest.mark.slow) for m in CAM_METHODS]
+)
 def test_dead_layer_gives_zero_heatmap(small, method):
     model, variables, x, t = small
     params = jax.tree_util.tree_map_with_path(
@@ -135,6 +140,7 @@ def test_smooth_grad_cam_pp_without_noise_is_grad_cam_pp(small):
     assert np.abs(np.asarray(c) - np.asarray(b)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_score_cam_paper_variant_options(small):
     """Baseline subtraction leaves the channel softmax unchanged (a per-image constant) but changes
     un-softmaxed weights; the softmax score changes the result."""
@@ -270,6 +276,7 @@ def test_group_cam_matches_reference_code_steps(small):
     assert checked >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["score_cam", "cluster_cam"])
 def test_masking_memory_is_bounded_by_batch(small, method):
     """XLA's temporary buffers grow with ``batch`` (masked copies in flight), not with channels x images."""
