@@ -71,9 +71,18 @@ def _setup():
     return cfg, d, x, model, v
 
 
+PROGRESS = []
+
+
 def _run(**kw):
     cfg, d, x, model, v = _setup()
-    args = dict(crp_ks=(1, 2, 5, 10, None), concept_counts=(2, 4), k_range=(2, 5), cam_methods=("grad_cam",))
+    args = dict(
+        progress=PROGRESS.append,
+        crp_ks=(1, 2, 5, 10, None),
+        concept_counts=(2, 4),
+        k_range=(2, 5),
+        cam_methods=("grad_cam",),
+    )
     args.update(kw)
     return E.evaluate_concepts(
         model, v, x, d["label"], d["part_masks"], ("conv1", "conv2"), E.class_part_table(cfg),
@@ -95,6 +104,7 @@ def test_class_part_table():
 
 def test_evaluate_concepts_structure_and_orderings():
     r = _result()
+    assert [m.split(";")[0] for m in PROGRESS] == ["3/8 images", "6/8 images", "8/8 images"]  # padded chunk
     assert r["num_images"] == 8 and r["num_neurons"] == 10 and r["defining_parts"] == ["head", "tail", "wing"]
     rows = r["rows"]
     assert set(rows) == {

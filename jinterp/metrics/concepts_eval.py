@@ -39,7 +39,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -169,6 +169,7 @@ def evaluate_concepts(
     thresholds=DCNE_THRESHOLDS,
     batch_images: int = 8,
     crp_batch: int = 64,
+    progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Mean max-IoU (DCNE) and explanation complexity of concise concepts, CRP-k and CAM methods.
 
@@ -188,6 +189,7 @@ def evaluate_concepts(
       thresholds: DCNE uint8 thresholds.
       batch_images: images per compiled call (the last chunk is padded; no retrace).
       crp_batch: channels per vmapped CRP chunk.
+      progress: called with a one-line status after each chunk of images (e.g. ``print``).
 
     Returns:
       dict with ``rows`` {method: {"best", "threshold", "complexity", "per_part" {part: IoU}}} (best =
@@ -280,6 +282,8 @@ def evaluate_concepts(
                 complexity.setdefault(name, []).append(len(c))
             add(name, np.stack(rows, 1))
         seconds["clustering"] += time.perf_counter() - t0
+        if progress is not None:
+            progress(f"{stop}/{n} images; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
 
     rows = {}
     for name, chunks in best.items():
@@ -391,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--layers", default="conv4,conv6")
     p.add_argument("--cams", default=",".join(CAM_METHODS), help="comma list; empty for none")
     p.add_argument("--batch-images", type=int, default=8)
+    p.add_argument("--lam", type=float, default=0.5, help="eq. 4 weight of the map distance")
+    p.add_argument("--linkage", default="ward", choices=concepts_mod.LINKAGES)
     args = p.parse_args(argv)
 
     from jinterp import train
@@ -414,7 +420,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         [s.strip() for s in args.layers.split(",") if s.strip()],
         class_part_table(pw_config),
         cam_methods=[s.strip() for s in args.cams.split(",") if s.strip()],
+        lam=args.lam,
+        linkage=args.linkage,
         batch_images=args.batch_images,
+        progress=lambda s: print(s, flush=True),
     )
     wall = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
