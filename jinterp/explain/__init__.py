@@ -10,7 +10,7 @@
 from jinterp.explain.registry import METHODS, Method, explain, get, jitted, method, parse, register
 
 # Importing a method module registers its methods.
-from jinterp.explain import cam, clam, crp, lrp, masking  # noqa: E402, F401  isort: skip
+from jinterp.explain import cam, clam, concepts, crp, lrp, masking  # noqa: E402, F401  isort: skip
 from jinterp.explain.masking import cluster_cam_details  # noqa: E402  isort: skip
 
 __all__ = [
