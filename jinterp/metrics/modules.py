@@ -1,8 +1,8 @@
 """Functional modules of a layer's filters (seed 002 §IV-E): module consistency, module–part alignment
 (NMI / ARI / AVI) and Taylor-pruning redundancy.
 
-Spectral clustering runs in JAX (normalised affinity, top-K eigenvectors, row normalisation, k-means
-with a deterministic farthest-point start), vmapped over images, so per-image clustering of a whole
+Spectral clustering runs in JAX (``jinterp.losses.clustering``, shared with icCNN grouping and
+Cluster-CAM), vmapped over images, so per-image clustering of a whole
 data set is one compiled program instead of N scikit-learn calls.
 """
 
@@ -14,44 +14,18 @@ import numpy as np
 from sklearn import metrics as skm
 
 from jinterp.checks import check_images, check_targets
+from jinterp.losses.clustering import spectral_clustering
 from jinterp.metrics._common import check_maps, chunked_map, chunked_sum
 
 
-def _kmeans(x, k, iters):
-    def pick(i, state):
-        idx, mind = state
-        nxt = jnp.argmax(mind)
-        d = jnp.sum((x - x[nxt]) ** 2, -1)
-        return idx.at[i].set(nxt), jnp.minimum(mind, d)
+def spectral_labels(similarity: jax.Array, n_clusters: int, seed: int = 0) -> jax.Array:
+    """Spectral clustering of a (C, C) non-negative similarity matrix -> (C,) labels.
 
-    idx0 = jnp.zeros(k, jnp.int32)
-    d0 = jnp.sum((x - x[0]) ** 2, -1)
-    idx, _ = jax.lax.fori_loop(1, k, pick, (idx0, d0))
-    centres = x[idx]
-
-    def step(_, c):
-        lab = jnp.argmin(jnp.sum((x[:, None] - c[None]) ** 2, -1), -1)
-        onehot = jax.nn.one_hot(lab, k, dtype=x.dtype)
-        size = onehot.sum(0)
-        new = (onehot.T @ x) / jnp.maximum(size, 1.0)[:, None]
-        return jnp.where(size[:, None] > 0, new, c)  # an emptied cluster keeps its centre
-
-    centres = jax.lax.fori_loop(0, iters, step, centres)
-    return jnp.argmin(jnp.sum((x[:, None] - centres[None]) ** 2, -1), -1)
-
-
-def spectral_labels(similarity: jax.Array, n_clusters: int, iters: int = 30) -> jax.Array:
-    """Spectral clustering (Ng-Jordan-Weiss) of a (C, C) non-negative similarity matrix -> (C,) labels.
-
-    Pure and jittable; vmap it over a batch of similarity matrices.
+    The shared on-device implementation (:func:`jinterp.losses.clustering.spectral_clustering`, sklearn's
+    ``SpectralClustering(affinity='precomputed')``) with a fixed key, so labels are reproducible. Pure
+    and jittable; vmap it over a batch of similarity matrices.
     """
-    deg = similarity.sum(-1)
-    dinv = jax.lax.rsqrt(jnp.maximum(deg, 1e-12))
-    aff = dinv[:, None] * similarity * dinv[None, :]
-    _, vec = jnp.linalg.eigh(aff)
-    emb = vec[:, -n_clusters:]
-    emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-    return _kmeans(emb, n_clusters, iters)
+    return spectral_clustering(similarity, n_clusters, jax.random.key(seed), n_init=4)
 
 
 def _cosine(m):
