@@ -29,6 +29,7 @@ from jinterp.metrics.localization import (
     pointing_game,
     relevance_mass,
 )
+from jinterp.metrics.concepts_eval import evaluate_concepts
 from jinterp.metrics.modules import (
     adjusted_variation_of_information,
     filter_modules,
@@ -121,6 +122,7 @@ METRICS: dict[str, Metric] = {
 __all__ = [
     "METRICS",
     "Metric",
+    "evaluate_concepts",
     "adjusted_variation_of_information",
     "boxes_to_masks",
     "confidence_change",
