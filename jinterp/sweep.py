@@ -10,8 +10,9 @@ When every override is a number that lives in the train state (:func:`jinterp.tr
 ``seed``, ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.momentum``, loss weights
 ``losses.<name>.<weight field>``), all points train together in ONE compiled program: the state gets a
 leading axis (``optax.inject_hyperparams`` keeps the optimiser numbers in the state) and the train step
-runs over it with ``jax.vmap`` (accelerators) or ``lax.map`` (CPU, where vmapped convolutions are slower
-than separate ones; ``config.train.sweep_strategy``, see ``jinterp.train.over_points``).
+runs over it with ``jax.vmap`` (``config.train.sweep_strategy``: ``auto`` = vmap on accelerators; on
+XLA:CPU vmapped convolutions ran 0.45x as fast per step as separate runs, so ``auto`` runs the points one
+after another there; measurements in ``jinterp.train.resolve_sweep_strategy``).
 Every point sees the same batches (``config.data.seed``); ``seed`` changes initialisation and dropout
 only. Other overrides (model, data, schedule shape, batch size) run one after another, each in its own
 workdir.
@@ -85,7 +86,8 @@ def run_sweep(
       workdir: root; point ``i`` writes to ``<workdir>/<i>_<overrides>``, a vmapped group trains in
         ``<workdir>/vmapped`` and then writes each point's ``summary.json`` into its own directory.
       arg: the config argument (``configs/x.py:arg``), passed on to ``sweep_fn`` if it takes one.
-      vmap: train numeric-only sweeps as one vmapped program (False: always one after another).
+      vmap: train numeric-only sweeps as one program (``config.train.sweep_strategy`` vmap / map; False or
+        ``sequential``: always one after another).
       data: optional ``jinterp.train.Data`` (tests).
 
     Returns:
@@ -97,9 +99,10 @@ def run_sweep(
         apply_overrides(config, p)  # validate every point before training any
     dirs = [os.path.join(workdir, f"{i:03d}_{_slug(p)}") for i, p in enumerate(points)]
     numeric = all(train.is_vmappable(k) for p in points for k in p)
+    stacked = vmap and numeric and len(points) > 1 and train.resolve_sweep_strategy(config) != "sequential"
     rows = []
-    if vmap and numeric and len(points) > 1:
-        print(f"sweep: {len(points)} numeric points, trained as one vmapped program", file=log)
+    if stacked:
+        print(f"sweep: {len(points)} numeric points, trained as one program over all points", file=log)
         summary = train.train_and_evaluate(
             config, os.path.join(workdir, "vmapped"), points=points, data=data, log=log
         )

@@ -18,8 +18,9 @@ def _sweep(add):
 
 @pytest.mark.slow
 def test_numeric_sweep_in_one_program_equals_sequential_runs(tmp_path):
-    """lax.map (CPU default) and vmap sweeps both reproduce the points trained one after another."""
-    cfg = tiny_config(**{"train.steps": 5, "train.checkpoint_every": 0, "train.log_every": 5})
+    """vmap and lax.map sweeps both reproduce the points trained one after another."""
+    overrides = {"train.steps": 5, "train.checkpoint_every": 0, "train.log_every": 5}
+    cfg = tiny_config(**overrides, **{"train.sweep_strategy": "vmap"})
     src = MemoryData()
     rows = sweep.run_sweep(cfg, _sweep, str(tmp_path / "m"), data=src.data(cfg.data))
     assert all(r["vmapped"] for r in rows) and len(rows) == 2
@@ -28,7 +29,7 @@ def test_numeric_sweep_in_one_program_equals_sequential_runs(tmp_path):
         cfg, str(tmp_path / "m" / "vmapped"), points=points, data=src.data(cfg.data)
     )
     assert stacked["resumed"] and stacked["state"].params["fc"]["kernel"].shape[0] == 2  # finished checkpoint
-    cfg_v = tiny_config(**{"train.steps": 5, "train.checkpoint_every": 0, "train.sweep_strategy": "vmap"})
+    cfg_v = tiny_config(**overrides, **{"train.sweep_strategy": "map"})
     vmapped = train.train_and_evaluate(cfg_v, str(tmp_path / "v"), points=points, data=src.data(cfg.data))
     _assert_trees_close(
         jax.device_get(stacked["state"].params), jax.device_get(vmapped["state"].params), 1e-5
@@ -58,6 +59,12 @@ def test_non_numeric_sweep_runs_sequentially(tmp_path):
     rows = sweep.run_sweep(cfg, grid, str(tmp_path), data=MemoryData().data(cfg.data))
     assert [r["vmapped"] for r in rows] == [False, False]
     assert [json.load(open(f"{r['workdir']}/summary.json"))["step"] for r in rows] == [2, 2]
+
+
+def test_auto_strategy_runs_numeric_sweeps_sequentially_on_cpu():
+    assert jax.default_backend() == "cpu"
+    assert train.resolve_sweep_strategy(tiny_config()) == "sequential"
+    assert train.resolve_sweep_strategy(tiny_config(**{"train.sweep_strategy": "vmap"})) == "vmap"
 
 
 def test_sweep_rejects_unknown_keys_before_training(tmp_path):
