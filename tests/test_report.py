@@ -68,3 +68,16 @@ def test_missing_keys_and_layers_are_reported(evaluated):
         report.evaluate(model, {}, {k: v for k, v in data.items() if k != "disc_mask"})
     with pytest.raises(ValueError, match="layer"):
         report.evaluate(model, {}, data, layer="conv9")
+
+
+def test_compare_merges_evaluated_runs(evaluated, tmp_path):
+    _, results, _ = evaluated
+    for name in ("a", "b"):
+        report.write_report({f"small_cnn@{name}": results}, str(tmp_path / name))
+    paths = report.main(
+        ["--out", str(tmp_path / "all"), *(f"{n}={tmp_path / n / 'metrics.json'}" for n in "ab")]
+    )
+    text = open(paths["report"]).read()
+    assert "| a |" in text and "| b |" in text
+    with pytest.raises(ValueError, match="metrics_files"):
+        report.compare({"c": str(tmp_path / "missing.json")}, str(tmp_path / "x"))

@@ -296,3 +296,43 @@ def write_report(
         f.write("\n" + "\n".join(f"![{title}]({file})" for title, file in figures) + "\n")
     paths.update({file.removesuffix(".png"): os.path.join(outdir, file) for _, file in figures})
     return paths
+
+
+def compare(metrics_files: dict[str, str], outdir: str) -> dict:
+    """One report over several evaluated runs (``launch.py --mode evaluate`` wrote each ``metrics.json``).
+
+    Args:
+      metrics_files: ``{display name: path to an evaluation/metrics.json}``; each file holds one model.
+      outdir: where the combined ``metrics.json``, ``report.md`` and figures go.
+    """
+    results = {}
+    for name, path in metrics_files.items():
+        if not os.path.exists(path):
+            raise ValueError(
+                f"metrics_files: {name}={path!r} does not exist; run launch.py --mode evaluate first"
+            )
+        with open(path) as f:
+            stored = json.load(f)
+        results[name] = next(iter(stored.values()))
+    return write_report(results, outdir)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m jinterp.metrics.report --out DIR cnn=runs/cnn/evaluation/metrics.json iccnn=...``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=compare.__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("runs", nargs="+", help="name=path/to/metrics.json")
+    args = parser.parse_args(argv)
+    pairs = [r.partition("=") for r in args.runs]
+    bad = [r for r, (_, sep, _) in zip(args.runs, pairs, strict=True) if not sep]
+    if bad:
+        parser.error(f"runs: expected name=path/to/metrics.json, got {bad}")
+    paths = compare({name: path for name, _, path in pairs}, args.out)
+    print(paths["report"])
+    return paths
+
+
+if __name__ == "__main__":
+    main()
