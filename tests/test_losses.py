@@ -334,3 +334,20 @@ def test_apply_all_specs_no_retrace_finite_grads():
         np.testing.assert_allclose(value, expected, rtol=1e-5)
         assert all(np.all(np.isfinite(g)) for g in grads.values())
     assert int(states["hiccnn"]["count"]) == 2
+
+
+def test_hier_loss_stays_bounded_on_pre_activation_maps():
+    """DenseNet's dense-block taps are not post-ReLU: cancelling mass must not blow up eq. 12's weights."""
+    from jinterp.losses import hierarchical
+
+    key = jax.random.key(0)
+    deep = jax.nn.relu(jax.random.normal(key, (4, 2, 2, 8)))
+    shallow = jax.random.normal(jax.random.key(1), (4, 4, 4, 6))
+    shallow = shallow - shallow.mean(axis=(0, 1, 2))  # activation mass of every filter cancels
+    groups = jnp.arange(8) % 2
+    subgroups = jnp.stack([jnp.arange(6) % 3] * 2)
+    center = jnp.zeros((2, 4, 4, 6))
+    value = hierarchical.hier_loss(deep, shallow, groups, 2, subgroups, 3, center)
+    assert -1.0 - 1e-5 <= float(value) <= 1e-6
+    grad = jax.grad(lambda s: hierarchical.hier_loss(deep, s, groups, 2, subgroups, 3, center))(shallow)
+    assert bool(jnp.all(jnp.isfinite(grad)))

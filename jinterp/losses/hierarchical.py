@@ -142,8 +142,11 @@ def hier_loss(
         return ratios, act
 
     ratios, act = jax.vmap(per_region)(masked, center, subgroups)  # (K, G) each
-    act = jax.lax.stop_gradient(act)
-    weights = act / jnp.maximum(act.sum(), jnp.finfo(act.dtype).tiny)
+    # Eq. 12 assumes post-ReLU maps; pre-activation taps (DenseNet's dense blocks) can have negative or
+    # cancelling mass, so weights use the positive part and fall back to uniform when it is all zero.
+    act = jnp.maximum(jax.lax.stop_gradient(act), 0.0)
+    total = act.sum()
+    weights = jnp.where(total > 0, act / jnp.where(total > 0, total, 1.0), 1.0 / act.size)
     return -jnp.sum(weights * ratios)
 
 
