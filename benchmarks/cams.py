@@ -27,19 +27,9 @@ import torch
 import jinterp as ji
 
 from tests import torch_refs  # isort: skip  (installs the torchvision stand-in before PGC)
-import pytorch_grad_cam as pgc  # isort: skip
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # isort: skip
 
-PGC = {
-    "grad_cam": pgc.GradCAM,
-    "grad_cam_pp": pgc.GradCAMPlusPlus,
-    "xgrad_cam": pgc.XGradCAM,
-    "hires_cam": pgc.HiResCAM,
-    "layer_cam": pgc.LayerCAM,
-    "eigen_cam": pgc.EigenCAM,
-    "score_cam": pgc.ScoreCAM,
-    "ablation_cam": pgc.AblationCAM,
-}
+PGC = torch_refs.pgc_methods()
 MASKING = {"score_cam", "ablation_cam", "group_cam", "cluster_cam"}
 CAMS = [
     "cam", "grad_cam", "grad_cam_pp", "smooth_grad_cam_pp", "xgrad_cam", "hires_cam", "layer_cam",

@@ -504,15 +504,18 @@ class Data:
             **self._common(),
         )
 
-    def ordered(self, split: str, batch_size: int, host_id: int = 0, host_count: int = 1) -> Iterator[dict]:
-        """One pass of full batches in index order, no augmentation (statistics for epoch hooks)."""
+    def ordered(
+        self, split: str, batch_size: int, host_id: int = 0, host_count: int = 1, drop_remainder: bool = True
+    ) -> Iterator[dict]:
+        """One pass in index order, no augmentation: full batches (statistics for epoch hooks) or, with
+        ``drop_remainder=False``, the whole split."""
         return self._load(
             self.name,
             split,
             batch_size,
             shuffle=False,
             repeat=False,
-            drop_remainder=True,
+            drop_remainder=drop_remainder,
             augment=False,
             host_id=host_id,
             host_count=host_count,
@@ -521,18 +524,7 @@ class Data:
 
     def eval(self, split: str, batch_size: int, host_id: int = 0, host_count: int = 1) -> Iterator[dict]:
         """One pass over a whole split (last batch may be short), no augmentation."""
-        return self._load(
-            self.name,
-            split,
-            batch_size,
-            shuffle=False,
-            repeat=False,
-            drop_remainder=False,
-            augment=False,
-            host_id=host_id,
-            host_count=host_count,
-            **self._common(),
-        )
+        return self.ordered(split, batch_size, host_id, host_count, drop_remainder=False)
 
 
 def data_fields(cfg: ml_collections.ConfigDict) -> dict:

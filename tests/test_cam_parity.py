@@ -10,21 +10,14 @@ import tests.torch_refs as torch_refs  # noqa: I001  (installs the torchvision s
 import numpy as np
 import pytest
 import torch
-import pytorch_grad_cam as pgc
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import jinterp as ji
 
 TOL = 1e-3
-GRADIENT = {
-    "grad_cam": pgc.GradCAM,
-    "grad_cam_pp": pgc.GradCAMPlusPlus,
-    "xgrad_cam": pgc.XGradCAM,
-    "hires_cam": pgc.HiResCAM,
-    "layer_cam": pgc.LayerCAM,
-    "eigen_cam": pgc.EigenCAM,
-}
-MASKING = {"score_cam": pgc.ScoreCAM, "ablation_cam": pgc.AblationCAM}
+PGC = torch_refs.pgc_methods()
+MASKING = {k: PGC[k] for k in ("score_cam", "ablation_cam")}
+GRADIENT = {k: v for k, v in PGC.items() if k not in MASKING}
 
 
 def _torch_layer(tm, name, layer):
@@ -63,7 +56,7 @@ def test_gradient_cams_match_pgc(twin, method):
 def test_several_layers_are_averaged_as_pgc(twin):
     name, tm, model, variables, x, t = twin
     layers = ["layer3", "layer4"] if name == "resnet18" else ["conv4_3", "conv5_3"]
-    ref = _pgc(pgc.GradCAM, tm, [_torch_layer(tm, name, k) for k in layers], x, t)
+    ref = _pgc(PGC["grad_cam"], tm, [_torch_layer(tm, name, k) for k in layers], x, t)
     ours = np.asarray(ji.explain.explain(f"grad_cam(layer={layers!r})", model, variables, x, t))
     assert np.abs(ours - ref).max() < TOL
     single = np.asarray(ji.explain.explain(f'grad_cam(layer="{layers[1]}")', model, variables, x, t))

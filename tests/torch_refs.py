@@ -290,3 +290,19 @@ def install_torchvision_stub() -> None:
 
 
 install_torchvision_stub()
+
+
+def pgc_methods() -> dict:
+    """jinterp method name -> the pytorch-grad-cam class it reproduces (parity tests, benchmarks)."""
+    import pytorch_grad_cam as pgc
+
+    return {
+        "grad_cam": pgc.GradCAM,
+        "grad_cam_pp": pgc.GradCAMPlusPlus,
+        "xgrad_cam": pgc.XGradCAM,
+        "hires_cam": pgc.HiResCAM,
+        "layer_cam": pgc.LayerCAM,
+        "eigen_cam": pgc.EigenCAM,
+        "score_cam": pgc.ScoreCAM,
+        "ablation_cam": pgc.AblationCAM,
+    }
