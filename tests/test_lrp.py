@@ -124,7 +124,8 @@ def test_lrp0_is_gradient_times_input_at_every_layer(small):
     _, maps, grads = B.feature_grads(model, v, x, t, layers)
     for layer in layers:
         want = np.asarray(maps[layer] * grads[layer])
-        assert _rel_err(res0.layers[layer], want) < 1e-5
+        # pools and sums keep the Norm rule's 1e-6 stabiliser (zennit), hence not exactly 0
+        assert _rel_err(res0.layers[layer], want) < 1e-4
         assert _rel_err(res.layers[layer], want) < 1e-3  # epsilon=1e-6 barely moves it
 
 

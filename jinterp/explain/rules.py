@@ -277,7 +277,8 @@ COMPOSITES: dict[str, Callable[..., Composite]] = {
 
 
 def composite(spec: "str | Composite | dict", **options) -> Composite:
-    """A composite from a name (``COMPOSITES``) with options, a ``{kind: rule}`` dict, or itself.
+    """A composite from a name (``COMPOSITES``) with options, a ``{kind: rule}`` dict (kinds it omits
+    among ``sum``, ``avgpool``, ``batchnorm`` keep the defaults of every composite), or itself.
 
     >>> composite("epsilon_gamma_box", low=-2.1, high=2.6)
     >>> composite({"conv": "zplus", "dense": "epsilon", "sum": "norm", "first": "flat"})
@@ -287,6 +288,7 @@ def composite(spec: "str | Composite | dict", **options) -> Composite:
     if isinstance(spec, dict):
         for k in spec:
             check_choice("composite kind", k, KINDS)
-        return Composite("custom", tuple(sorted((k, rule(v)) for k, v in spec.items())))
+        # parameter-free kinds (sum, avgpool) and DenseNet's batchnorm keep the defaults unless given
+        return _composite("custom", **{k: rule(v) for k, v in spec.items()})
     check_choice("composite", spec, COMPOSITES)
     return COMPOSITES[spec](**options)
