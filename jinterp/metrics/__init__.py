@@ -11,6 +11,7 @@ can list metric names::
 
 from typing import Any, NamedTuple
 
+from jinterp.metrics.concepts_eval import evaluate_concepts
 from jinterp.metrics.consistency import inconsistency_diversity_curve, sras
 from jinterp.metrics.faithfulness import confidence_change, gaussian_blur, perturbation_curve
 from jinterp.metrics.filters import (
@@ -29,7 +30,6 @@ from jinterp.metrics.localization import (
     pointing_game,
     relevance_mass,
 )
-from jinterp.metrics.concepts_eval import evaluate_concepts
 from jinterp.metrics.modules import (
     adjusted_variation_of_information,
     filter_modules,
