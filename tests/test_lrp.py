@@ -210,6 +210,7 @@ def test_uncovered_layer_kind_is_named():
 
 def test_densenet_batchnorm_needs_a_rule():
     model = B.create("densenet121", num_classes=3)
-    comp = R.composite({"conv": "zplus", "dense": "epsilon", "sum": "norm", "avgpool": "norm"})
+    # a Composite built without a batchnorm rule (dicts get the default epsilon rule for it)
+    comp = R.Composite("no_bn", (("avgpool", R.Norm()), ("conv", R.ZPlus()), ("dense", R.Epsilon())))
     with pytest.raises(ValueError, match="'batchnorm'"):
         L.check_composite(model, comp, (1, 32, 32, 3))

@@ -16,14 +16,20 @@ def intrinsic_class_patterns(num_classes: int, size: int, seed: int = 0) -> jax.
 
     SymBa's ICP carries the label through the layer-wise normalisation; its exact generation is
     not published (reference-code notes §4), so we draw i.i.d. Bernoulli(0.5) pixels from a fixed
-    seed and redraw any duplicate, so that every class has a distinct pattern.
+    seed, without replacement, so that every class has a distinct pattern.
     """
-    if num_classes < 2 or size < 1:
-        raise ValueError(f"num_classes, size: expected >= 2 and >= 1, got {num_classes}, {size}")
+    pixels = size * size
+    if num_classes < 2 or size < 1 or (pixels < 63 and num_classes > 2**pixels):
+        raise ValueError(
+            f"num_classes, size: expected num_classes >= 2 distinct {size}x{size} binary patterns, "
+            f"got {num_classes} classes for size {size}"
+        )
     rng = np.random.default_rng(seed)
-    patterns = rng.integers(0, 2, size=(num_classes, size * size))
-    while len({p.tobytes() for p in patterns}) < num_classes:
-        patterns = rng.integers(0, 2, size=(num_classes, size * size))
+    if pixels < 63:  # draw distinct integers, read their bits
+        codes = rng.choice(2**pixels, size=num_classes, replace=False).astype(np.int64)
+        patterns = (codes[:, None] >> np.arange(pixels)) & 1
+    else:  # 2^63+ patterns: a collision has probability ~ K^2 / 2^64
+        patterns = rng.integers(0, 2, size=(num_classes, pixels))
     return jnp.asarray(patterns.reshape(num_classes, size, size), jnp.float32)
 
 
