@@ -46,12 +46,10 @@ def _neg(x):
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """Base rule; ``name`` is the spec name."""
+    """Base rule. Subclasses define ``factor(lin, a, w, b, r)`` (the modified gradient ``c`` with
+    ``R_a = a * c``, usable at any layer) or, for first-layer-only rules, override ``relevance``."""
 
     first_only = False
-
-    def factor(self, lin: Linear, a, w, b, r):  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def relevance(self, lin: Linear, a, w, b, r):
         """Input relevance ``R_a``."""
