@@ -8,6 +8,8 @@ image unbatched, the layers below l are computed once per image, not once per ch
 Equation numbers refer to Cluster-CAM (Feng et al. 2024, seed 004).
 """
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -398,8 +400,7 @@ def _cluster_cam_details(
     }
 
 
-_OPTIONS = ("layer", "clusters", "beta", "method", "normalize", "score", "seed", "iters", "n_init", "sigma",
-            "theta", "batch")  # fmt: skip
+_OPTIONS = tuple(inspect.signature(_cluster_cam_details).parameters)[4:]  # after model..targets
 _cluster_cam_jit = jax.jit(_cluster_cam_details, static_argnums=0, static_argnames=_OPTIONS)
 
 
