@@ -101,7 +101,7 @@ def test_rules_match_numpy(name):
         "zbox": R.ZBox(-1.0, 2.0),
     }[name]
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    ours = rule.relevance(lambda x, k: x @ k, f32(a), f32(w), f32(b), f32(r))
+    ours = R.input_relevance(rule, lambda x, k: x @ k, f32(a), f32(w), f32(b), f32(r))
     np.testing.assert_allclose(ours, _np_rules(a, w, b, r)[name], rtol=2e-4, atol=2e-5)
 
 
@@ -214,3 +214,16 @@ def test_densenet_batchnorm_needs_a_rule():
     comp = R.Composite("no_bn", (("avgpool", R.Norm()), ("conv", R.ZPlus()), ("dense", R.Epsilon())))
     with pytest.raises(ValueError, match="'batchnorm'"):
         L.check_composite(model, comp, (1, 32, 32, 3))
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,pad,size", [(3, 1, 1, 9), (3, 2, 1, 9), (3, 2, 1, 8), (1, 2, 0, 7), (7, 2, 3, 11)]
+)
+def test_conv_transpose_is_the_vjp(kernel, stride, pad, size):
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 5)), jnp.float32)
+    lin = L.ConvMap(stride, pad)
+    s = jnp.asarray(rng.normal(size=lin(a, w).shape), jnp.float32)
+    want = jax.vjp(lambda x: lin(x, w), a)[1](s)[0]
+    np.testing.assert_allclose(lin.transpose(s, w, a.shape), want, rtol=1e-5, atol=1e-5)

@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from jinterp.backbones import check_layers, layer_names, min_size
 from jinterp.backbones.base import PERTURBATIONS
@@ -47,6 +48,7 @@ from jinterp.backbones.layers import (
 from jinterp.backbones.taps import strip_perturbations
 from jinterp.checks import check_choice, check_images, check_targets
 from jinterp.explain import rules as R
+from jinterp.explain import signs
 from jinterp.explain.registry import register
 
 # Parameter-free modules whose plain gradient is already the right relevance map (module docstring).
@@ -55,12 +57,14 @@ GRADIENT_MODULES = (MaxPool, nn.Dropout)
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-    """A rule site: module path, layer kind, and whether it is the first layer / the classifier."""
+    """A rule site: module path, layer kind, whether it is the first layer / the classifier, and
+    whether its input is provably non-negative (``jinterp.explain.signs``)."""
 
     path: str
     kind: str
     first: bool = False
     top: bool = False
+    nonneg_input: bool = False
 
 
 def _path(module: nn.Module) -> str:
@@ -100,26 +104,33 @@ def sites(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[Site, ...]:
     """The model's rule sites in call order (traced with shapes only, cached).
 
     The first conv/dense site is marked ``first`` and the last site, which must produce the logits,
-    ``top``. Raises ValueError naming a module that no rule covers.
+    ``top``. Each site's input is marked with ``checkpoint_name`` and a sign analysis of the traced
+    jaxpr decides ``nonneg_input`` (tap perturbations count as the zeros they are in LRP).
+    Raises ValueError naming a module that no rule covers.
     """
     calls = []
 
     def record(next_fun, args, kwargs, context):
+        module = context.module
+        kind = _kind(module) if context.method_name == "__call__" and module.scope is not None else None
+        if kind is None:
+            return next_fun(*args, **kwargs)
+        path = _path(module)
+        if kind != "sum":
+            args = (checkpoint_name(args[0], path), *args[1:])
         out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and context.module.scope is not None:
-            kind = _kind(context.module)
-            if kind is not None:
-                calls.append((_path(context.module), kind, jnp.shape(out)))
+        calls.append((path, kind, jnp.shape(out)))
         return out
 
-    def run(variables, x):
-        with nn.intercept_methods(record):
-            return model.apply(variables, x)[0]
+    image = jax.ShapeDtypeStruct(image_shape, jnp.float32)
+    variables = strip_perturbations(jax.eval_shape(model.init, jax.random.key(0), image))
+    logits, maps = jax.eval_shape(model.apply, variables, image)
 
-    variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(image_shape, jnp.float32))
-    logits = jax.eval_shape(
-        run, strip_perturbations(variables), jax.ShapeDtypeStruct(image_shape, jnp.float32)
-    )
+    def run(variables, perturbations, x):
+        with nn.intercept_methods(record):
+            return model.apply({**variables, PERTURBATIONS: perturbations}, x)[0]
+
+    nonneg = signs.nonneg_names(run, (False, True, False), variables, maps, image)
     if not calls:
         raise ValueError(f"model: {type(model).__name__} has no LRP rule sites")
     path, kind, shape = calls[-1]
@@ -129,7 +140,9 @@ def sites(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[Site, ...]:
             f"{logits.shape}; LRP needs the classifier to be a Dense or conv module"
         )
     first = next(i for i, (_, k, _) in enumerate(calls) if k in ("conv", "dense"))
-    return tuple(Site(p, k, i == first, i == len(calls) - 1) for i, (p, k, _) in enumerate(calls))
+    return tuple(
+        Site(p, k, i == first, i == len(calls) - 1, nonneg.get(p, False)) for i, (p, k, _) in enumerate(calls)
+    )
 
 
 def check_composite(model: nn.Module, composite, image_shape=None) -> R.Composite:
@@ -158,34 +171,61 @@ def _rule_for(comp: R.Composite, site: Site) -> R.Rule | None:
 
 
 def _apply_rule(rule: R.Rule, lin, first: bool, top: bool, a, w, b, z):
-    """``z`` unchanged forward; backward: the rule maps the output cotangent to the input's."""
+    """``z`` unchanged forward; backward: the rule maps the output cotangent to the input's.
+
+    The rule's relevance-independent part (``rule.prepare``) runs in the forward pass and is kept as
+    a residual, so repeated or vmapped backward passes (CLRP's two, CRP's one per channel) share it.
+    """
+    param_shapes = [jax.ShapeDtypeStruct(jnp.shape(p), jnp.result_type(p)) for p in (w, b, z)]
 
     @jax.custom_vjp
     def site(a, w, b, z):
         return z
 
     def fwd(a, w, b, z):
-        return z, (a, w, b, z)
+        return z, (a, z, rule.prepare(lin, a, w, b, z))
 
     def bwd(res, cz):
-        a, w, b, z = res
+        a, z, prep = res
         r = cz if top else z * cz  # relevance at the output
-        ca = rule.relevance(lin, a, w, b, r) if first else rule.factor(lin, a, w, b, r)
-        return ca, jnp.zeros_like(w), jnp.zeros_like(b), jnp.zeros_like(z)
+        ca = rule.relevance(lin, a, prep, r) if first else rule.factor(lin, a, prep, r)
+        return (ca, *(jnp.zeros(p.shape, p.dtype) for p in param_shapes))
 
     site.defvjp(fwd, bwd)
     return site(a, w, b, z)
 
 
-def _conv(module: ConvBN):
-    p = module.padding
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
-    def lin(a, w):
+
+@dataclasses.dataclass(frozen=True)
+class ConvMap:
+    """A ``ConvBN`` site's bias-free convolution ``L(a; W)`` (torch-style symmetric padding).
+
+    ``transpose`` writes ``L^T`` as a plain convolution with the flipped kernel (lhs-dilated for
+    strides) instead of the transposed convolution ``jax.vjp`` emits: XLA:CPU runs the latter ~7x
+    slower inside loops (CRP's ``lax.map`` over channel chunks), the former at full speed.
+    """
+
+    strides: int
+    padding: int
+
+    def __call__(self, a, w):
+        p = self.padding
         return jax.lax.conv_general_dilated(
-            a, w, (module.strides,) * 2, ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            a, w, (self.strides,) * 2, ((p, p), (p, p)), dimension_numbers=_NHWC
         )
 
-    return lin
+    def transpose(self, s, w, input_shape):
+        pads = []
+        for axis, k in zip((1, 2), w.shape[:2], strict=True):
+            low = k - 1 - self.padding
+            dilated = (s.shape[axis] - 1) * self.strides + 1
+            pads.append((low, input_shape[axis] + k - 1 - dilated - low))
+        flipped = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+        return jax.lax.conv_general_dilated(
+            s, flipped, (1, 1), pads, lhs_dilation=(self.strides,) * 2, dimension_numbers=_NHWC
+        )
 
 
 def _site_params(module: nn.Module, kind: str, a):
@@ -198,7 +238,7 @@ def _site_params(module: nn.Module, kind: str, a):
             bn, stats = v["params"]["bn"], v["batch_stats"]["bn"]
             scale = bn["scale"] / jnp.sqrt(stats["var"] + BN_EPSILON)
             w, b = w * scale, (b - stats["mean"]) * scale + bn["bias"]
-        return _conv(module), w, b
+        return ConvMap(module.strides, module.padding), w, b
     if kind == "conv":  # a bare nn.Conv
         w = v["params"]["kernel"]
         conv = module.clone(parent=None, use_bias=False)
@@ -251,7 +291,9 @@ def lrp_context(model: nn.Module, composite, image_shape: tuple[int, ...]):
         # The canonized forward (BatchNorm folded), as zennit's canonizers run it: the rules'
         # denominators must see the same z that the layers above were computed from.
         z = lin(a, w) + b
-        return _apply_rule(_rule_for(comp, site), lin, site.first, site.top, a, w, b, z)
+        rule = _rule_for(comp, site)
+        rule = rule.for_nonneg_input() if site.nonneg_input else rule
+        return _apply_rule(rule, lin, site.first, site.top, a, w, b, z)
 
     return nn.intercept_methods(interceptor)
 

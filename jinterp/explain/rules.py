@@ -32,7 +32,9 @@ def stabilize(z: jax.Array, epsilon: float = 1e-6) -> jax.Array:
 
 
 def _transpose(lin: Linear, a: jax.Array, w: jax.Array, s: jax.Array) -> jax.Array:
-    """``L^T(s; W)``: the VJP of the (linear) map ``a -> L(a, W)``."""
+    """``L^T(s; W)``: ``lin.transpose(s, W, a.shape)`` if the map has one, else the VJP of ``L(., W)``."""
+    if hasattr(lin, "transpose"):
+        return lin.transpose(s, w, a.shape)
     return jax.vjp(lambda x: lin(x, w), a)[1](s)[0]
 
 
@@ -46,14 +48,29 @@ def _neg(x):
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """Base rule. Subclasses define ``factor(lin, a, w, b, r)`` (the modified gradient ``c`` with
-    ``R_a = a * c``, usable at any layer) or, for first-layer-only rules, override ``relevance``."""
+    """Base rule, in two steps so that one forward pass serves many backward passes (CRP):
+
+    * ``prepare(lin, a, w, b, z)`` -> everything the rule needs that does not depend on the
+      relevance (modified weights, stabilised denominators), computed once in the forward pass;
+      ``z = L(a; W) + b`` is the site's forward output.
+    * ``factor(lin, a, prep, r)`` -> the modified gradient ``c`` with ``R_a = a * c``, linear in the
+      output relevance ``r`` (usable at any layer); first-layer-only rules override ``relevance``.
+    """
 
     first_only = False
 
-    def relevance(self, lin: Linear, a, w, b, r):
+    def for_nonneg_input(self) -> "Rule":
+        """This rule for an input known to be >= 0 (a faster equivalent where one exists)."""
+        return self
+
+    def relevance(self, lin: Linear, a, prep, r):
         """Input relevance ``R_a``."""
-        return a * self.factor(lin, a, w, b, r)
+        return a * self.factor(lin, a, prep, r)
+
+
+def input_relevance(rule: Rule, lin: Linear, a, w, b, r):
+    """``R_a`` of one rule site in one call (prepare + relevance), e.g. for checking a rule by hand."""
+    return rule.relevance(lin, a, rule.prepare(lin, a, w, b, lin(a, w) + b), r)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +79,12 @@ class Epsilon(Rule):
 
     epsilon: float = 1e-6
 
-    def factor(self, lin, a, w, b, r):
-        return _transpose(lin, a, w, r / stabilize(lin(a, w) + b, self.epsilon))
+    def prepare(self, lin, a, w, b, z):
+        return w, stabilize(z, self.epsilon)  # the forward's z: no second evaluation of the layer
+
+    def factor(self, lin, a, prep, r):
+        w, den = prep
+        return _transpose(lin, a, w, r / den)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +93,13 @@ class Gamma(Rule):
 
     gamma: float = 0.25
 
-    def factor(self, lin, a, w, b, r):
+    def prepare(self, lin, a, w, b, z):
         wg, bg = w + self.gamma * _pos(w), b + self.gamma * _pos(b)
-        return _transpose(lin, a, wg, r / stabilize(lin(a, wg) + bg))
+        return wg, stabilize(lin(a, wg) + bg)
+
+    def factor(self, lin, a, prep, r):
+        wg, den = prep
+        return _transpose(lin, a, wg, r / den)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +108,17 @@ class AlphaBeta(Rule):
 
     Positive part ``z_+ = W^+ a^+ + b^+ + W^- a^-``, negative part ``z_- = W^- a^+ + b^- + W^+ a^-``;
     R_a = alpha * (contribution share of z_+) - beta * (share of z_-), as zennit computes it.
+
+    ``input_nonneg=True`` declares the input non-negative (``a^- = 0``): each share then needs one
+    linear map and one transpose instead of two of each. ``jinterp.explain.lrp`` sets it on the
+    layers whose input a static sign analysis of the traced model proves >= 0 (every layer fed by a
+    ReLU or a max-pool of one, see ``jinterp.explain.signs``); the result is the general formula's
+    (the factor differs only at inputs ``a = 0``, where ``R_a = a * c = 0`` either way).
     """
 
     alpha: float = 2.0
     beta: float = 1.0
+    input_nonneg: bool = False
 
     def __post_init__(self):
         if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-9:
@@ -94,18 +126,31 @@ class AlphaBeta(Rule):
                 f"rule: alpha_beta needs alpha, beta >= 0 and alpha - beta = 1, got {self.alpha}, {self.beta}"
             )
 
-    def _share(self, lin, a, wa, wb, bias, r):
-        """Factor for ``z = wa a^+ + bias + wb a^-``: W^T(R / stab(z)) picked by the sign of ``a``."""
-        ap, an = _pos(a), _neg(a)
-        s = r / stabilize(lin(ap, wa) + bias + lin(an, wb))
-        return jnp.where(a > 0, _transpose(lin, a, wa, s), _transpose(lin, a, wb, s))
+    def for_nonneg_input(self) -> "AlphaBeta":
+        return dataclasses.replace(self, input_nonneg=True)
 
-    def factor(self, lin, a, w, b, r):
+    def _coefficients(self):
+        return (self.alpha, -self.beta) if self.beta else (self.alpha,)
+
+    def prepare(self, lin, a, w, b, z):
+        """Per share (z_+, and z_- if beta): weights on a^+, weights on a^-, stabilised denominator."""
         wp, wn = _pos(w), _neg(w)
-        out = self._share(lin, a, wp, wn, _pos(b), r)
-        if self.beta:
-            out = self.alpha * out - self.beta * self._share(lin, a, wn, wp, _neg(b), r)
-        return out
+        shares = [(wp, wn, _pos(b)), (wn, wp, _neg(b))][: len(self._coefficients())]
+        if self.input_nonneg:
+            return [(wa, wb, stabilize(lin(a, wa) + bias)) for wa, wb, bias in shares]
+        ap, an = _pos(a), _neg(a)
+        return [(wa, wb, stabilize(lin(ap, wa) + bias + lin(an, wb))) for wa, wb, bias in shares]
+
+    def factor(self, lin, a, prep, r):
+        if self.input_nonneg:
+            return sum(
+                k * _transpose(lin, a, wa, r / d)
+                for k, (wa, _, d) in zip(self._coefficients(), prep, strict=True)
+            )
+        return sum(
+            k * jnp.where(a > 0, _transpose(lin, a, wa, r / d), _transpose(lin, a, wb, r / d))
+            for k, (wa, wb, d) in zip(self._coefficients(), prep, strict=True)
+        )
 
 
 def ZPlus() -> AlphaBeta:  # noqa: N802 - a rule "class" like the others
@@ -119,9 +164,13 @@ class Flat(Rule):
 
     first_only = True
 
-    def relevance(self, lin, a, w, b, r):
-        ones_a, ones_w = jnp.ones_like(a), jnp.ones_like(w)
-        return _transpose(lin, a, ones_w, r / stabilize(lin(ones_a, ones_w)))
+    def prepare(self, lin, a, w, b, z):
+        ones_w = jnp.ones_like(w)
+        return ones_w, stabilize(lin(jnp.ones_like(a), ones_w))
+
+    def relevance(self, lin, a, prep, r):
+        ones_w, den = prep
+        return _transpose(lin, a, ones_w, r / den)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +179,13 @@ class WSquare(Rule):
 
     first_only = True
 
-    def relevance(self, lin, a, w, b, r):
+    def prepare(self, lin, a, w, b, z):
         w2 = w * w
-        return _transpose(lin, a, w2, r / stabilize(lin(jnp.ones_like(a), w2) + b * b))
+        return w2, stabilize(lin(jnp.ones_like(a), w2) + b * b)
+
+    def relevance(self, lin, a, prep, r):
+        w2, den = prep
+        return _transpose(lin, a, w2, r / den)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,12 +199,16 @@ class ZBox(Rule):
     high: float | tuple[float, ...] = 1.0
     first_only = True
 
-    def relevance(self, lin, a, w, b, r):
+    def prepare(self, lin, a, w, b, z):
         lo = jnp.broadcast_to(jnp.asarray(self.low, a.dtype), a.shape)
         hi = jnp.broadcast_to(jnp.asarray(self.high, a.dtype), a.shape)
         wp, wn = _pos(w), _neg(w)
         # zennit applies the modifiers to the bias too: b - b^+ - b^- = 0.
-        s = r / stabilize(lin(a, w) - lin(lo, wp) - lin(hi, wn))
+        return w, wp, wn, lo, hi, stabilize(lin(a, w) - lin(lo, wp) - lin(hi, wn))
+
+    def relevance(self, lin, a, prep, r):
+        w, wp, wn, lo, hi, den = prep
+        s = r / den
         return a * _transpose(lin, a, w, s) - lo * _transpose(lin, a, wp, s) - hi * _transpose(lin, a, wn, s)
 
 
@@ -159,15 +216,22 @@ class ZBox(Rule):
 class Norm(Rule):
     """Norm rule for parameter-free sums and average pools (zennit ``Norm``): epsilon 1e-6 as stabiliser."""
 
-    def factor(self, lin, a, w, b, r):
-        return _transpose(lin, a, w, r / stabilize(lin(a, w)))
+    def prepare(self, lin, a, w, b, z):
+        return w, stabilize(z)  # parameter-free sites have b = 0, so z = L(a)
+
+    def factor(self, lin, a, prep, r):
+        w, den = prep
+        return _transpose(lin, a, w, r / den)
 
 
 @dataclasses.dataclass(frozen=True)
 class Pass(Rule):
     """Identity relevance (zennit ``Pass``): R_a = R_z, for element-wise layers (a and z same shape)."""
 
-    def factor(self, lin, a, w, b, r):
+    def prepare(self, lin, a, w, b, z):
+        return ()
+
+    def factor(self, lin, a, prep, r):
         return jnp.where(a == 0, 0.0, r / jnp.where(a == 0, 1.0, a))
 
 
