@@ -76,6 +76,37 @@ def test_per_image_channels_and_chunking_agree(small):
     assert h.shape == (2, 32, 32) and h.min() >= 0 and h.max() <= 1
 
 
+def test_vmapped_chunks_equal_one_channel_at_a_time_on_vgg():
+    # Regression: XLA:CPU's YNNPACK fusion miscompiled the vmapped Flat-rule transpose (an all-ones
+    # kernel) on VGG, giving 0 or 1e29 where one channel at a time was right.
+    model = B.create("vgg11", num_classes=5)
+    x = np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype(np.float32)
+    v = model.init(jax.random.key(0), x)
+    t = np.array([2])
+    chans = [1, 2, 3, 4, 5]
+    chunked, _, _ = C.conditional_heatmaps(model, v, x, t, "conv3_1", chans, batch_size=5)
+    single, _, _ = C.conditional_heatmaps(model, v, x, t, "conv3_1", chans, batch_size=1)
+    assert np.abs(single).max() > 0
+    np.testing.assert_allclose(chunked, single, rtol=1e-4, atol=1e-5 * float(np.abs(single).max()))
+
+
+def test_dead_channels_are_skipped_exactly(small):
+    # Channels without relevance at the layer have exactly zero heatmaps, wherever they sit in a chunk.
+    model, v, x, t = small
+    bn = v["params"]["conv3"]["bn"]
+    dead = np.array([0, 3, 4, 5, 6, 7, 11])  # BN scale 0, bias < 0: ReLU output 0 for every input
+    bn = {"scale": bn["scale"].at[dead].set(0.0), "bias": bn["bias"].at[dead].set(-1.0)}
+    v = {**v, "params": {**v["params"], "conv3": {**v["params"]["conv3"], "bn": bn}}}
+    heat, _, all_rel = C.conditional_heatmaps(model, v, x, t, "conv3", None, batch_size=2, abs_norm=False)
+    assert np.all(np.asarray(all_rel)[:, dead] == 0) and np.all(np.asarray(all_rel)[:, [1, 2]] != 0)
+    peak = np.abs(np.asarray(heat)).max((2, 3))
+    assert np.all(peak[:, dead] == 0) and np.all(peak[:, [1, 2, 8, 9, 10]] > 0)
+    full = L.lrp_relevance(model, v, x, t, layers=("conv3",))
+    np.testing.assert_allclose(
+        heat.sum(1), full.input.sum(-1), rtol=1e-4, atol=1e-5 * np.abs(full.input).max()
+    )
+
+
 def test_bad_channels_and_layers(small):
     model, v, x, t = small
     with pytest.raises(ValueError, match=r"channels: indices must lie in \[0, 12\)"):

@@ -227,3 +227,30 @@ def test_conv_transpose_is_the_vjp(kernel, stride, pad, size):
     s = jnp.asarray(rng.normal(size=lin(a, w).shape), jnp.float32)
     want = jax.vjp(lambda x: lin(x, w), a)[1](s)[0]
     np.testing.assert_allclose(lin.transpose(s, w, a.shape), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bare_flax_convs_equal_convbn_sites():
+    # A model written with plain nn.Conv gets the same rules (incl. the first-layer Flat rule, which
+    # runs its transpose with a one-channel kernel) as the jinterp ConvBN twin with the same weights.
+    def net(conv):
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                x = nn.relu(conv(4, 1, "conv1")(x))
+                x = nn.relu(conv(6, 2, "conv2")(x))
+                return nn.Dense(3, name="fc")(x.mean((1, 2))), {"conv2": x}
+
+        return Net()
+
+    bare = net(lambda f, s, name: nn.Conv(f, (3, 3), strides=s, padding=((1, 1), (1, 1)), name=name))
+    ours = net(lambda f, s, name: ConvBN(f, strides=s, name=name))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 33, 33, 3)), jnp.float32)
+    v = bare.init(jax.random.key(0), x)
+    p = v["params"]
+    v_ours = {"params": {"conv1": {"conv": p["conv1"]}, "conv2": {"conv": p["conv2"]}, "fc": p["fc"]}}
+    t = jnp.array([0, 2])
+    for comp in ("epsilon_plus_flat", "epsilon_gamma_box"):
+        want = L.lrp_relevance(ours, v_ours, x, t, composite=comp).input
+        got = L.lrp_relevance(bare, v, x, t, composite=comp).input
+        assert float(jnp.abs(want).max()) > 0
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.abs(want).max()))

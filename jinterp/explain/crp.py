@@ -8,7 +8,9 @@ summed over RGB, sign kept (``x.grad.sum(1)``).
 
 Speed: the backward pass from the logit to ``l`` is the same for every channel, so it runs once;
 only the ``l``-to-input backward is vmapped over channel masks (``jax.vjp`` of the lower network,
-residuals shared), in chunks with ``jax.lax.map(batch_size=...)``, in one compiled call.
+residuals and the rules' denominators shared), in chunks of ``batch_size`` channels in one compiled
+loop. Channels with no relevance at ``l`` (exactly zero heatmaps) are skipped: the loop runs only
+over the chunks holding live channels.
 """
 
 import functools
@@ -61,18 +63,40 @@ def _lower_and_upper(model, variables, images, targets, layer, composite):
     return logits, amap, c_layer, vjp_low
 
 
+def _live_first(channels, live):
+    """Per image, the channel slots reordered so that live ones come first: (order, inverse order)."""
+    order = jnp.argsort(~live, axis=1, stable=True)
+    return order, jnp.argsort(order, axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "layer", "composite", "batch_size", "abs_norm"))
 def _crp(model, variables, images, targets, channels, layer, composite, batch_size, abs_norm):
     logits, amap, c_layer, vjp_low = _lower_and_upper(model, variables, images, targets, layer, composite)
-    n_ch = amap.shape[-1]
+    (n, height, width, _), (n_ch, k) = images.shape, (amap.shape[-1], channels.shape[1])
+    relevance = amap * c_layer
 
     def one(ch):  # ch: (N,) channel per image
         mask = jax.nn.one_hot(ch, n_ch, dtype=c_layer.dtype)[:, None, None, :]
         return vjp_low(c_layer * mask)[0].sum(-1)
 
-    heat = jax.lax.map(one, channels.T, batch_size=min(batch_size, channels.shape[1]))  # (K, N, H, W)
-    rel = channel_scores(amap * c_layer, abs_norm)
-    return logits, jnp.moveaxis(heat, 0, 1), jnp.take_along_axis(rel, channels, axis=1), rel
+    # A channel without relevance at the layer has an exactly zero heatmap (the lower backward is
+    # linear in it), so live channels go first and the loop stops after the last chunk holding one.
+    live = jnp.take_along_axis(jnp.any(relevance != 0, axis=(1, 2)), channels, axis=1)  # (N, K)
+    order, inverse = _live_first(channels, live)
+    size = min(batch_size, k)
+    n_chunks = -(-k // size)
+    slots = jnp.pad(jnp.take_along_axis(channels, order, axis=1), ((0, 0), (0, n_chunks * size - k)))
+    chunks = slots.T.reshape(n_chunks, size, n)
+    n_live_chunks = -(-live.sum(1).max() // size)
+
+    def chunk(i, heat):
+        return jax.lax.dynamic_update_index_in_dim(heat, jax.vmap(one)(chunks[i]), i, axis=0)
+
+    heat = jnp.zeros((n_chunks, size, n, height, width), images.dtype)
+    heat = jax.lax.fori_loop(0, n_live_chunks, chunk, heat).reshape(n_chunks * size, n, height, width)
+    heat = jnp.take_along_axis(jnp.moveaxis(heat[:k], 0, 1), inverse[:, :, None, None], axis=1)
+    rel = channel_scores(relevance, abs_norm)
+    return logits, heat, jnp.take_along_axis(rel, channels, axis=1), rel
 
 
 def conditional_heatmaps(

@@ -170,19 +170,22 @@ def _rule_for(comp: R.Composite, site: Site) -> R.Rule | None:
     return comp.get(site.kind)
 
 
-def _apply_rule(rule: R.Rule, lin, first: bool, top: bool, a, w, b, z):
-    """``z`` unchanged forward; backward: the rule maps the output cotangent to the input's.
+def _apply_rule(rule: R.Rule, lin, first: bool, top: bool, a, w, b):
+    """The site's canonized forward ``z = L(a; W) + b``; backward: the rule maps the output
+    cotangent to the input's (nothing else: ``z`` is computed inside the custom VJP, so no plain
+    gradient of ``L`` runs beside the rule's).
 
     The rule's relevance-independent part (``rule.prepare``) runs in the forward pass and is kept as
     a residual, so repeated or vmapped backward passes (CLRP's two, CRP's one per channel) share it.
     """
-    param_shapes = [jax.ShapeDtypeStruct(jnp.shape(p), jnp.result_type(p)) for p in (w, b, z)]
+    param_shapes = [jax.ShapeDtypeStruct(jnp.shape(p), jnp.result_type(p)) for p in (w, b)]
 
     @jax.custom_vjp
-    def site(a, w, b, z):
-        return z
+    def site(a, w, b):
+        return lin(a, w) + b
 
-    def fwd(a, w, b, z):
+    def fwd(a, w, b):
+        z = lin(a, w) + b
         return z, (a, z, rule.prepare(lin, a, w, b, z))
 
     def bwd(res, cz):
@@ -192,7 +195,7 @@ def _apply_rule(rule: R.Rule, lin, first: bool, top: bool, a, w, b, z):
         return (ca, *(jnp.zeros(p.shape, p.dtype) for p in param_shapes))
 
     site.defvjp(fwd, bwd)
-    return site(a, w, b, z)
+    return site(a, w, b)
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -241,9 +244,14 @@ def _site_params(module: nn.Module, kind: str, a):
         return ConvMap(module.strides, module.padding), w, b
     if kind == "conv":  # a bare nn.Conv
         w = v["params"]["kernel"]
-        conv = module.clone(parent=None, use_bias=False)
         b = v["params"].get("bias", jnp.zeros(w.shape[-1], w.dtype))
-        return (lambda x, k: conv.apply({"params": {"kernel": k}}, x)), w, b
+
+        def conv(x, k):  # any kernel shape (rules may run it with fewer channels, e.g. Flat)
+            return module.clone(parent=None, use_bias=False, features=k.shape[-1]).apply(
+                {"params": {"kernel": k}}, x
+            )
+
+        return conv, w, b
     if kind == "dense":
         w = v["params"]["kernel"]
         b = v["params"].get("bias", jnp.zeros(w.shape[-1], w.dtype))
@@ -289,11 +297,10 @@ def lrp_context(model: nn.Module, composite, image_shape: tuple[int, ...]):
         a = tuple(args) if site.kind == "sum" else args[0]
         lin, w, b = _site_params(module, site.kind, a)
         # The canonized forward (BatchNorm folded), as zennit's canonizers run it: the rules'
-        # denominators must see the same z that the layers above were computed from.
-        z = lin(a, w) + b
+        # denominators see the same z that the layers above were computed from.
         rule = _rule_for(comp, site)
         rule = rule.for_nonneg_input() if site.nonneg_input else rule
-        return _apply_rule(rule, lin, site.first, site.top, a, w, b, z)
+        return _apply_rule(rule, lin, site.first, site.top, a, w, b)
 
     return nn.intercept_methods(interceptor)
 

@@ -160,17 +160,22 @@ def ZPlus() -> AlphaBeta:  # noqa: N802 - a rule "class" like the others
 
 @dataclasses.dataclass(frozen=True)
 class Flat(Rule):
-    """Flat rule (Lapuschkin 2019; zennit ``Flat``): unit inputs and weights, no bias. First layer only."""
+    """Flat rule (Lapuschkin 2019; zennit ``Flat``): unit inputs and weights, no bias. First layer only.
+
+    With all-ones weights every output channel spreads alike and every input channel receives alike,
+    so the transpose runs once on the channel-summed relevance with a one-channel kernel.
+    """
 
     first_only = True
 
     def prepare(self, lin, a, w, b, z):
-        ones_w = jnp.ones_like(w)
-        return ones_w, stabilize(lin(jnp.ones_like(a), ones_w))
+        one_channel = jnp.ones((*w.shape[:-2], 1, 1), w.dtype)  # (kh, kw, 1, 1) or (1, 1) for Dense
+        return one_channel, stabilize(lin(jnp.ones_like(a), jnp.ones_like(w)))
 
     def relevance(self, lin, a, prep, r):
-        ones_w, den = prep
-        return _transpose(lin, a, ones_w, r / den)
+        one_channel, den = prep
+        s = (r / den).sum(-1, keepdims=True)
+        return jnp.broadcast_to(_transpose(lin, a[..., :1], one_channel, s), a.shape)
 
 
 @dataclasses.dataclass(frozen=True)
