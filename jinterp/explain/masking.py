@@ -133,13 +133,25 @@ def score_cam(
 # ------------------------------------------------------------------------------------ Ablation-CAM
 
 
+MAX_UNROLLED_CHUNKS = 16
+
+
+def _map_chunks(fn, chunks: jax.Array) -> jax.Array:
+    """``jax.lax.map(fn, chunks)``, unrolled when there are at most ``MAX_UNROLLED_CHUNKS``: inside a
+    while loop XLA:CPU runs the head's large dots ~2x slower (VGG16 Ablation-CAM at 224 px: 1.6 s
+    looped vs 0.8 s unrolled), and a few unrolled copies of the network above a layer compile fast."""
+    if chunks.shape[0] > MAX_UNROLLED_CHUNKS:
+        return jax.lax.map(fn, chunks)
+    return jnp.stack([fn(chunks[i]) for i in range(chunks.shape[0])])
+
+
 def ablation_scores(model, variables, images, targets, layer, maps, *, batch, score):
     """Score of each image with each channel of ``layer`` ablated: (N, C).
 
     PGC's ablation value: 0 when the image's map has minimum 0 (post-ReLU maps), else
     ``min - 1e7``. Channels run in chunks of ``batch`` (``lax.map``); within a chunk the ablations
     are a ``vmap`` over perturbations with the image unbatched, so the network below ``layer`` is
-    evaluated once per image and chunk (and hoisted out of the loop by XLA).
+    evaluated once per image (chunks: :func:`_map_chunks`).
     """
     n, h, w, c = maps.shape
     sfn = pipeline.score_fn(score)
@@ -162,7 +174,7 @@ def ablation_scores(model, variables, images, targets, layer, maps, *, batch, sc
 
         return jax.vmap(per_image)(images, maps, value, targets)
 
-    scores = jax.lax.map(chunk, ks)  # (chunks, N, b)
+    scores = _map_chunks(chunk, ks)  # (chunks, N, b)
     return jnp.moveaxis(scores, 1, 0).reshape(n, chunks * b)[:, :c]
 
 
@@ -173,7 +185,7 @@ def ablation_scores(model, variables, images, targets, layer, maps, *, batch, sc
     backward_passes=0,
     doc="Ablation-CAM (Desai & Ramaswamy 2020), eq. 7; C passes above the layer + 1",
 )
-def ablation_cam(layer=None, batch: int = 32, score: str = "logit"):
+def ablation_cam(layer=None, batch: int = 128, score: str = "logit"):
     """Ablation-CAM, eq. 7: ``w_k = (S_c - S_c,k) / S_c`` with ``S_c,k`` the score when channel k of
     the layer is ablated; heat = ReLU(sum_k w_k A_k). Reproduces pytorch-grad-cam's
     ``AblationCAM`` (ratio_channels_to_ablate=1, logit score, same ablation value) but only
@@ -181,7 +193,9 @@ def ablation_cam(layer=None, batch: int = 32, score: str = "logit"):
 
     Args:
       layer: layer name(s); default :func:`jinterp.explain.pipeline.default_layer`.
-      batch: ablated copies per pass (bounds memory).
+      batch: ablated copies per pass (bounds memory). Large chunks pay off: the network above the
+        layer is re-read once per chunk (VGG16's 400 MB ``fc6``: 2.1 s at 32, 0.74 s at 128 on
+        this CPU at 224 px).
       score: ``'logit'`` (PGC) or ``'softmax'``.
     """
     _check_positive("batch", batch)
