@@ -199,7 +199,7 @@ def test_cluster_cam_analytic():
     x = jnp.ones((2, 16, 16, 3))
     t = jnp.array([0, 1])
     SEEN.clear()
-    d = ji.explain.cluster_cam_details(model, variables, x, t, clusters=3, beta=0.5)
+    d = ji.explain.cluster_cam_details(model, variables, x, t, clusters=3, beta=0.5, score="logit")
     jax.block_until_ready(d)
     labels = np.asarray(d["labels"])
     for lab in labels:  # the three known clusters, in some order
@@ -230,7 +230,8 @@ def test_cluster_cam_analytic():
     np.testing.assert_allclose(d["unmasked_score"], [0.0, 0.0], atol=1e-4)
     # Forward passes: 1 unmasked + Q masked per image, as METHODS states.
     assert sum(SEEN) == 2 * ji.explain.METHODS["cluster_cam"].passes(6, clusters=3)[0]
-    h = ji.explain.explain("cluster_cam(clusters=3, method='spectral')", model, variables, x, t)
+    spec = "cluster_cam(clusters=3, method='spectral', beta=0.5, score='logit')"
+    h = ji.explain.explain(spec, model, variables, x, t)
     np.testing.assert_allclose(h, d["heatmap"], atol=1e-5)
 
 
