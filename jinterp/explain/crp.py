@@ -63,7 +63,7 @@ def _lower_and_upper(model, variables, images, targets, layer, composite):
     return logits, amap, c_layer, vjp_low
 
 
-def _live_first(channels, live):
+def _live_first(live):
     """Per image, the channel slots reordered so that live ones come first: (order, inverse order)."""
     order = jnp.argsort(~live, axis=1, stable=True)
     return order, jnp.argsort(order, axis=1)
@@ -82,7 +82,7 @@ def _crp(model, variables, images, targets, channels, layer, composite, batch_si
     # A channel without relevance at the layer has an exactly zero heatmap (the lower backward is
     # linear in it), so live channels go first and the loop stops after the last chunk holding one.
     live = jnp.take_along_axis(jnp.any(relevance != 0, axis=(1, 2)), channels, axis=1)  # (N, K)
-    order, inverse = _live_first(channels, live)
+    order, inverse = _live_first(live)
     size = min(batch_size, k)
     n_chunks = -(-k // size)
     slots = jnp.pad(jnp.take_along_axis(channels, order, axis=1), ((0, 0), (0, n_chunks * size - k)))

@@ -180,12 +180,13 @@ def _apply_rule(rule: R.Rule, lin, first: bool, top: bool, a, w, b):
     """
     param_shapes = [jax.ShapeDtypeStruct(jnp.shape(p), jnp.result_type(p)) for p in (w, b)]
 
-    @jax.custom_vjp
-    def site(a, w, b):
+    def forward(a, w, b):
         return lin(a, w) + b
 
+    site = jax.custom_vjp(forward)
+
     def fwd(a, w, b):
-        z = lin(a, w) + b
+        z = forward(a, w, b)
         return z, (a, z, rule.prepare(lin, a, w, b, z))
 
     def bwd(res, cz):

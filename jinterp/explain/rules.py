@@ -136,21 +136,21 @@ class AlphaBeta(Rule):
         """Per share (z_+, and z_- if beta): weights on a^+, weights on a^-, stabilised denominator."""
         wp, wn = _pos(w), _neg(w)
         shares = [(wp, wn, _pos(b)), (wn, wp, _neg(b))][: len(self._coefficients())]
-        if self.input_nonneg:
-            return [(wa, wb, stabilize(lin(a, wa) + bias)) for wa, wb, bias in shares]
-        ap, an = _pos(a), _neg(a)
-        return [(wa, wb, stabilize(lin(ap, wa) + bias + lin(an, wb))) for wa, wb, bias in shares]
+        ap, an = (a, None) if self.input_nonneg else (_pos(a), _neg(a))
+        return [
+            (wa, wb, stabilize(lin(ap, wa) + bias + (0.0 if an is None else lin(an, wb))))
+            for wa, wb, bias in shares
+        ]
 
     def factor(self, lin, a, prep, r):
-        if self.input_nonneg:
-            return sum(
-                k * _transpose(lin, a, wa, r / d)
-                for k, (wa, _, d) in zip(self._coefficients(), prep, strict=True)
-            )
-        return sum(
-            k * jnp.where(a > 0, _transpose(lin, a, wa, r / d), _transpose(lin, a, wb, r / d))
-            for k, (wa, wb, d) in zip(self._coefficients(), prep, strict=True)
-        )
+        out = 0.0
+        for k, (wa, wb, den) in zip(self._coefficients(), prep, strict=True):
+            s = r / den
+            share = _transpose(lin, a, wa, s)
+            if not self.input_nonneg:  # negative inputs contribute through the other sign's weights
+                share = jnp.where(a > 0, share, _transpose(lin, a, wb, s))
+            out = out + k * share
+        return out
 
 
 def ZPlus() -> AlphaBeta:  # noqa: N802 - a rule "class" like the others
@@ -170,7 +170,9 @@ class Flat(Rule):
 
     def prepare(self, lin, a, w, b, z):
         one_channel = jnp.ones((*w.shape[:-2], 1, 1), w.dtype)  # (kh, kw, 1, 1) or (1, 1) for Dense
-        return one_channel, stabilize(lin(jnp.ones_like(a), jnp.ones_like(w)))
+        # L(1; 1) counts the in-bounds inputs of each window: the same for every output channel.
+        count = a.shape[-1] * lin(jnp.ones_like(a[..., :1]), one_channel)
+        return one_channel, stabilize(jnp.broadcast_to(count, z.shape))
 
     def relevance(self, lin, a, prep, r):
         one_channel, den = prep

@@ -15,7 +15,7 @@ from jax.extend import core
 
 # Outputs are non-negative when every (array) operand is.
 _PRESERVING = {
-    "add", "mul", "div", "max", "min", "reshape", "transpose", "broadcast_in_dim", "squeeze",
+    "add", "mul", "div", "min", "reshape", "transpose", "broadcast_in_dim", "squeeze",
     "expand_dims", "slice", "dynamic_slice", "concatenate", "copy", "copy_p", "convert_element_type",
     "reduce_sum", "reduce_max", "reduce_min", "reduce_window_sum", "dot_general", "conv_general_dilated",
     "stop_gradient", "sqrt", "rsqrt", "cumsum", "name", "optimization_barrier", "reduce_precision",
