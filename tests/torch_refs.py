@@ -45,8 +45,9 @@ VGG_CFGS = {
 class VGG(nn.Module):
     """torchvision.models.VGG."""
 
-    def __init__(self, depth=16, batch_norm=False, num_classes=1000):
+    def __init__(self, depth=16, batch_norm=False, num_classes=1000, head="classifier"):
         super().__init__()
+        self.head = head
         layers, c = [], 3
         for v in VGG_CFGS[depth]:
             if v == "M":
@@ -58,6 +59,9 @@ class VGG(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
                 c = v
         self.features = nn.Sequential(*layers)
+        if head == "gap":  # jinterp's head="gap": global average pooling + one Linear
+            self.fc = nn.Linear(c, num_classes)
+            return
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
@@ -65,6 +69,8 @@ class VGG(nn.Module):
         )  # fmt: skip
 
     def forward(self, x):
+        if self.head == "gap":
+            return self.fc(self.features(x).mean((2, 3)))
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 
@@ -230,11 +236,13 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
-def build(name: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
-    """Seeded random torch twin of a jinterp backbone, in eval mode with non-trivial BN statistics."""
+def build(name: str, num_classes: int = 10, seed: int = 0, head: str = "classifier") -> nn.Module:
+    """Seeded random torch twin of a jinterp backbone, in eval mode with non-trivial BN statistics.
+
+    ``head`` applies to VGG only (as jinterp's ``VGG.head``)."""
     torch.manual_seed(seed)
     if name.startswith("vgg"):
-        model = VGG(int(name[3:5]), name.endswith("_bn"), num_classes)
+        model = VGG(int(name[3:5]), name.endswith("_bn"), num_classes, head)
     elif name.startswith("resnet"):
         model = ResNet(int(name[6:]), num_classes)
     elif name == "densenet121":

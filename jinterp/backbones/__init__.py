@@ -1,4 +1,4 @@
-"""Pure Flax Linen CNNs with named feature taps, and torchvision weight import.
+"""Pure Flax Linen CNNs with named feature taps, and torchvision weight import / export.
 
 >>> model = create("vgg16", num_classes=200)
 >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
@@ -21,7 +21,7 @@ from jinterp.backbones.taps import (
     strip_perturbations,
     target_logit,
 )
-from jinterp.backbones.torch_import import from_torch, load_state_dict
+from jinterp.backbones.torch_import import from_torch, load_state_dict, to_torch
 from jinterp.backbones.vgg import VGG
 from jinterp.checks import check_choice
 
@@ -58,4 +58,5 @@ __all__ = [
     "strip_perturbations",
     "tap",
     "target_logit",
+    "to_torch",
 ]

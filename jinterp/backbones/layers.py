@@ -15,6 +15,10 @@ import numpy as np
 # torch.nn.BatchNorm2d defaults: eps 1e-5, momentum 0.1 (flax momentum is 1 - torch momentum).
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
+# torchvision's VGG / ResNet conv init, kaiming_normal_(mode="fan_out", nonlinearity="relu"): without
+# it (flax's lecun_normal) the signal variance halves at every ReLU and a VGG16 trained from scratch
+# stays at chance level.
+CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _pairs(value: int | Sequence[int]) -> tuple[int, int]:
@@ -24,9 +28,10 @@ def _pairs(value: int | Sequence[int]) -> tuple[int, int]:
 class ConvBN(nn.Module):
     """Convolution with torch-style symmetric zero padding, optionally followed by BatchNorm.
 
-    Returns the pre-activation. Parameters: ``conv/{kernel,bias}``, ``bn/{scale,bias}``,
-    batch stats ``bn/{mean,var}``. Keeping conv and BN in one module lets LRP fold BN into the
-    convolution on the fly (zennit's ``MergeBatchNorm`` canonizer).
+    Returns the pre-activation. Parameters (initialised with ``CONV_INIT`` and zero bias):
+    ``conv/{kernel,bias}``, ``bn/{scale,bias}``, batch stats ``bn/{mean,var}``. Keeping conv and BN
+    in one module lets LRP fold BN into the convolution on the fly (zennit's ``MergeBatchNorm``
+    canonizer).
     """
 
     features: int
@@ -45,6 +50,7 @@ class ConvBN(nn.Module):
             strides=_pairs(self.strides),
             padding=((p[0], p[0]), (p[1], p[1])),
             use_bias=self.use_bias,
+            kernel_init=CONV_INIT,
             name="conv",
         )(x)
         if self.use_bn:

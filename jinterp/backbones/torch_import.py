@@ -1,7 +1,7 @@
-"""torchvision-layout state dicts -> Flax variables, and safe loading of weight files.
+"""torchvision-layout state dicts <-> Flax variables, and safe loading of weight files.
 
-Conv weights OIHW -> HWIO, Linear (out, in) -> (in, out), BatchNorm weight/bias/running stats,
-and VGG's first classifier layer re-ordered from torch's NCHW flatten to our NHWC flatten.
+Conv weights OIHW <-> HWIO, Linear (out, in) <-> (in, out), BatchNorm weight/bias/running stats,
+and VGG's first classifier layer re-ordered between torch's NCHW flatten and our NHWC flatten.
 Every key is accounted for: missing, unexpected or wrongly shaped entries raise ValueError.
 """
 
@@ -46,6 +46,21 @@ def _convert(collection: str, leaf: str, value: np.ndarray, nchw: tuple[int, int
     return value
 
 
+def _convert_back(
+    collection: str, leaf: str, value: np.ndarray, nchw: tuple[int, int, int] | None
+) -> np.ndarray:
+    """Inverse of :func:`_convert`: a Flax leaf in torch layout."""
+    if collection == "params" and leaf == "kernel":
+        if value.ndim == 4:
+            return value.transpose(3, 2, 0, 1)
+        value = value.T
+        if nchw is not None:
+            c, h, w = nchw
+            value = value.reshape(value.shape[0], h, w, c).transpose(0, 3, 1, 2).reshape(value.shape[0], -1)
+        return value
+    return value
+
+
 def _torch_key(collection: str, leaf: str, prefix: str) -> str:
     suffix = {
         ("params", "kernel"): "weight",
@@ -57,12 +72,17 @@ def _torch_key(collection: str, leaf: str, prefix: str) -> str:
     return f"{prefix}.{suffix}"
 
 
+def _variable_shapes(model) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flax variable path -> shape, for ``model`` (no weights are created)."""
+    template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(template).items()}
+
+
 def torch_key_map(model) -> dict[tuple[str, ...], str]:
     """Flax variable path (collection, module..., leaf) -> torch state-dict key."""
     names = _TORCH_NAMES[type(model)](model)
-    template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
     mapping = {}
-    for path in traverse_util.flatten_dict(template):
+    for path in _variable_shapes(model):
         collection, *modules, leaf = path
         mapping[path] = _torch_key(collection, leaf, names["/".join(modules)])
     return mapping
@@ -90,10 +110,7 @@ def from_torch(name_or_model, state_dict: dict, num_classes: int | None = None, 
         model = create(name_or_model, num_classes=num_classes, **kwargs)
     else:
         model = name_or_model
-    mapping = torch_key_map(model)
-    template = traverse_util.flatten_dict(
-        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
-    )
+    mapping, shapes = torch_key_map(model), _variable_shapes(model)
     missing = sorted(k for k in mapping.values() if k not in state)
     unexpected = sorted(set(state) - set(mapping.values()))
     if missing or unexpected:
@@ -107,14 +124,46 @@ def from_torch(name_or_model, state_dict: dict, num_classes: int | None = None, 
         collection, *modules, leaf = path
         nchw = _NCHW_FLATTENED.get((type(model), "/".join(modules)))
         value = _convert(collection, leaf, state[key], nchw)
-        expected = template[path].shape
-        if value.shape != tuple(expected):
+        if value.shape != shapes[path]:
             raise ValueError(
                 f"state_dict: {key!r} has shape {state[key].shape}, which converts to {value.shape}; "
-                f"expected {tuple(expected)} for {'/'.join(path)}"
+                f"expected {shapes[path]} for {'/'.join(path)}"
             )
         flat[path] = jnp.asarray(value, jnp.float32)
     return traverse_util.unflatten_dict(flat)
+
+
+def to_torch(model, variables: dict) -> dict[str, np.ndarray]:
+    """jinterp variables -> a torchvision-layout state dict of numpy arrays (inverse of :func:`from_torch`).
+
+    For using weights trained here in torch tools (Captum, pytorch-grad-cam, zennit):
+    ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`` loads strictly
+    (BatchNorm's ``num_batches_tracked`` buffers are included as 0).
+
+    Args:
+      model: the created backbone the variables belong to.
+      variables: ``{"params": ..., "batch_stats": ...}`` (e.g. ``restore_model``'s).
+    """
+    mapping, shapes = torch_key_map(model), _variable_shapes(model)
+    flat = traverse_util.flatten_dict(dict(variables))
+    missing = sorted("/".join(p) for p in mapping if p not in flat)
+    unexpected = sorted("/".join(p) for p in flat if p not in mapping)
+    wrong = sorted(f"{'/'.join(p)} {tuple(flat[p].shape)} != {shapes[p]}"
+                   for p in mapping if p in flat and tuple(flat[p].shape) != shapes[p])  # fmt: skip
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"variables: do not match {type(model).__name__}; missing {missing[:20]}, "
+            f"unexpected {unexpected[:20]}, wrong shapes {wrong[:20]}"
+        )
+    state = {}
+    for path, key in mapping.items():
+        collection, *modules, leaf = path
+        nchw = _NCHW_FLATTENED.get((type(model), "/".join(modules)))
+        value = _convert_back(collection, leaf, np.asarray(flat[path], np.float32), nchw)
+        state[key] = np.array(value, copy=True, order="C")  # writable: torch.from_numpy warns otherwise
+        if key.endswith(".running_mean"):
+            state[key.removesuffix("running_mean") + "num_batches_tracked"] = np.zeros((), np.int64)
+    return state
 
 
 def _infer_num_classes(name: str, state: dict) -> int:
