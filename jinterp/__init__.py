@@ -1,10 +1,15 @@
 """jinterp: interpretable CNNs on JAX/Flax.
 
 Subpackages are imported lazily (``ji.explain`` loads on first access), so importing jinterp
-is cheap and a notebook only pays for what it uses.
+is cheap and a notebook only pays for what it uses. Importing it sets jinterp's XLA:CPU defaults
+(``jinterp.xla_cpu``: measured faster convolutions) before jax creates its backend.
 """
 
 import importlib
+
+from jinterp import xla_cpu
+
+xla_cpu.apply_defaults()
 
 __version__ = "0.1.0"
 

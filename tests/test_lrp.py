@@ -126,7 +126,7 @@ def test_lrp0_is_gradient_times_input_at_every_layer(small):
         want = np.asarray(maps[layer] * grads[layer])
         # pools and sums keep the Norm rule's 1e-6 stabiliser (zennit), hence not exactly 0
         assert _rel_err(res0.layers[layer], want) < 1e-4
-        assert _rel_err(res.layers[layer], want) < 1e-3  # epsilon=1e-6 barely moves it
+        assert _rel_err(res.layers[layer], want) < 5e-3  # epsilon=1e-6 moves near-zero z only
 
 
 @pytest.mark.parametrize("composite", ["epsilon", "zplus_flat"])
@@ -165,7 +165,8 @@ def test_registry_heatmaps_and_contrastive(small):
         h = np.asarray(explain(spec, model, v, x, t))
         assert h.shape == (3, 32, 32) and h.min() >= 0 and np.allclose(h.max((1, 2)), 1.0)
     ref = np.asarray(L.contrastive_relevance(model, v, jnp.asarray(x), jnp.asarray(t), "clrp"))
-    np.testing.assert_allclose(ref.sum((1, 2, 3)), 0.0, atol=1e-6 * np.abs(ref).sum())  # dual rescaled to A_t
+    # dual rescaled to A_t: sums cancel to float32 round-off (an unscaled dual leaves O(1) of it)
+    np.testing.assert_allclose(ref.sum((1, 2, 3)), 0.0, atol=1e-5 * np.abs(ref).sum())
     # The paper variant is one signed pass, i.e. (by linearity) target pass minus unscaled dual pass.
     comp = R.composite("bounded_deep_taylor")
     logits, _, backward = L.forward(model, v, jnp.asarray(x), comp)
