@@ -59,6 +59,13 @@ def test_quickstart_and_small_cnn_configs():
         64,
     )
     assert 0 < q.train.time_budget_s <= 600 and q.outputs.predictions_png
+    v = quickstart.get_config("backbone=vgg16")
+    train.validate_config(v)
+    assert (v.model.name, v.model.kwargs.head, v.optimizer.lr) == ("vgg16", "gap", 3e-4)
+    assert v.train.batch_size == 32
+    assert quickstart.get_config("backbone=resnet18").model.kwargs.to_dict() == {}
+    with pytest.raises(ValueError, match="backbone expected one of"):
+        quickstart.get_config("backbone=vgg17")
     for variant in common.VARIANTS:
         cfg = small_cnn.get_config(variant)
         train.validate_config(cfg)
