@@ -88,6 +88,14 @@ def torch_key_map(model) -> dict[tuple[str, ...], str]:
     return mapping
 
 
+def _entries(model):
+    """``(flax path, torch key, nchw)`` per variable; ``nchw``: the (C, H, W) a Dense input was
+    flattened from in torch, or None."""
+    for path, key in torch_key_map(model).items():
+        modules = "/".join(path[1:-1])
+        yield path, key, _NCHW_FLATTENED.get((type(model), modules))
+
+
 def from_torch(name_or_model, state_dict: dict, num_classes: int | None = None, **kwargs) -> dict:
     """Convert a torchvision-layout ``state_dict`` to jinterp variables.
 
@@ -120,10 +128,8 @@ def from_torch(name_or_model, state_dict: dict, num_classes: int | None = None, 
             f"{' ...' if len(unexpected) > 20 else ''}"
         )
     flat = {}
-    for path, key in mapping.items():
-        collection, *modules, leaf = path
-        nchw = _NCHW_FLATTENED.get((type(model), "/".join(modules)))
-        value = _convert(collection, leaf, state[key], nchw)
+    for path, key, nchw in _entries(model):
+        value = _convert(path[0], path[-1], state[key], nchw)
         if value.shape != shapes[path]:
             raise ValueError(
                 f"state_dict: {key!r} has shape {state[key].shape}, which converts to {value.shape}; "
@@ -156,10 +162,8 @@ def to_torch(model, variables: dict) -> dict[str, np.ndarray]:
             f"unexpected {unexpected[:20]}, wrong shapes {wrong[:20]}"
         )
     state = {}
-    for path, key in mapping.items():
-        collection, *modules, leaf = path
-        nchw = _NCHW_FLATTENED.get((type(model), "/".join(modules)))
-        value = _convert_back(collection, leaf, np.asarray(flat[path], np.float32), nchw)
+    for path, key, nchw in _entries(model):
+        value = _convert_back(path[0], path[-1], np.asarray(flat[path], np.float32), nchw)
         state[key] = np.array(value, copy=True, order="C")  # writable: torch.from_numpy warns otherwise
         if key.endswith(".running_mean"):
             state[key.removesuffix("running_mean") + "num_batches_tracked"] = np.zeros((), np.int64)
