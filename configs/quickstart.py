@@ -4,8 +4,9 @@
     python launch.py --config configs/quickstart.py:backbone=vgg16 --workdir runs/quickstart_vgg16
 
 Builds the data set on first use (``$JINTERP_DATA_DIR`` or ``~/tensorflow_datasets``), trains with AdamW
-(lr 3e-3, 100 warm-up steps, cosine to 0, batch 64: the recipe of shared/notes/stack.md §9, 91.9 % after
-~1200 steps), evaluates on the 2000 test images, saves a checkpoint and ``predictions.png``.
+(lr 3e-3, 100 warm-up steps, cosine to 0, batch 64: the recipe of shared/notes/stack.md §9; 96.4 % test
+accuracy after 1101 steps / 519 s with torchvision's conv init, 91.9 % with flax's), evaluates on the 2000
+test images, saves a checkpoint and ``predictions.png``.
 ``train.time_budget_s`` ties the schedule to the wall clock: after ``calibrate_steps`` timed steps the
 run is shortened (the cosine ends at the new last step) so that everything, data build included, ends
 within the budget on a slower machine. ``--config.train.time_budget_s=0`` trains all ``train.steps``.
