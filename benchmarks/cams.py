@@ -64,6 +64,11 @@ def run_pgc(method, torch_model, layer, x, targets):
         return cam(torch_refs.to_nchw(x), [ClassifierOutputTarget(int(t)) for t in targets])
 
 
+def zero_channels(maps) -> float:
+    """Mean number of all-zero channels per image of (N, h, w, C) ``maps`` (what Score-CAM skips)."""
+    return float(np.mean(np.all(np.asarray(maps) == 0, axis=(1, 2)).sum(-1)))
+
+
 def setups(args):
     """Yield ``(name, model, variables, torch_model, inputs)``; ``inputs(batch, size) -> (x, targets)``."""
     if args.trained:
@@ -117,13 +122,13 @@ def main():
     for name, model, variables, torch_model, inputs in setups(args):
         layer, torch_layer = LAYERS[name]
         channels = ji.backbones.layer_shapes(model, 64)[layer][-1]
+        forward = jax.jit(model.apply)  # one compile per input shape, for the zero-channel count
         for method in args.methods:
             size = args.masking_size if (method in MASKING and args.masking_size) else args.size
             spec = f'{method}(layer="{layer}")'
             for batch in args.batches:
                 x, t = inputs(batch, size)
-                _, out = jax.jit(model.apply)(variables, x)
-                zero = float(np.mean(np.all(np.asarray(out[layer]) == 0, axis=(1, 2)).sum(-1)))
+                zero = zero_channels(forward(variables, x)[1][layer])
                 start = time.perf_counter()
                 heat = ji.explain.explain(spec, model, variables, x, t).block_until_ready()
                 first = time.perf_counter() - start

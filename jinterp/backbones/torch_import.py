@@ -50,14 +50,14 @@ def _convert_back(
     collection: str, leaf: str, value: np.ndarray, nchw: tuple[int, int, int] | None
 ) -> np.ndarray:
     """Inverse of :func:`_convert`: a Flax leaf in torch layout."""
-    if collection == "params" and leaf == "kernel":
-        if value.ndim == 4:
-            return value.transpose(3, 2, 0, 1)
-        value = value.T
-        if nchw is not None:
-            c, h, w = nchw
-            value = value.reshape(value.shape[0], h, w, c).transpose(0, 3, 1, 2).reshape(value.shape[0], -1)
+    if collection != "params" or leaf != "kernel":
         return value
+    if value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    value = value.T
+    if nchw is not None:
+        c, h, w = nchw
+        value = value.reshape(value.shape[0], h, w, c).transpose(0, 3, 1, 2).reshape(value.shape[0], -1)
     return value
 
 
@@ -72,28 +72,23 @@ def _torch_key(collection: str, leaf: str, prefix: str) -> str:
     return f"{prefix}.{suffix}"
 
 
-def _variable_shapes(model) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Flax variable path -> shape, for ``model`` (no weights are created)."""
+def _entries(model) -> list[tuple[tuple[str, ...], str, tuple[int, int, int] | None, tuple[int, ...]]]:
+    """``(flax path, torch key, nchw, shape)`` per variable of ``model`` (shapes traced, no weights
+    created); ``nchw``: the (C, H, W) a Dense input was flattened from in torch, or None."""
+    names = _TORCH_NAMES[type(model)](model)
     template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
-    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(template).items()}
+    entries = []
+    for path, leaf in traverse_util.flatten_dict(template).items():
+        collection, *modules, name = path
+        module = "/".join(modules)
+        key = _torch_key(collection, name, names[module])
+        entries.append((path, key, _NCHW_FLATTENED.get((type(model), module)), tuple(leaf.shape)))
+    return entries
 
 
 def torch_key_map(model) -> dict[tuple[str, ...], str]:
     """Flax variable path (collection, module..., leaf) -> torch state-dict key."""
-    names = _TORCH_NAMES[type(model)](model)
-    mapping = {}
-    for path in _variable_shapes(model):
-        collection, *modules, leaf = path
-        mapping[path] = _torch_key(collection, leaf, names["/".join(modules)])
-    return mapping
-
-
-def _entries(model):
-    """``(flax path, torch key, nchw)`` per variable; ``nchw``: the (C, H, W) a Dense input was
-    flattened from in torch, or None."""
-    for path, key in torch_key_map(model).items():
-        modules = "/".join(path[1:-1])
-        yield path, key, _NCHW_FLATTENED.get((type(model), modules))
+    return {path: key for path, key, _, _ in _entries(model)}
 
 
 def from_torch(name_or_model, state_dict: dict, num_classes: int | None = None, **kwargs) -> dict:
@@ -118,9 +113,10 @@ def from_torch(name_or_model, state_dict: dict, num_classes: int | None = None, 
         model = create(name_or_model, num_classes=num_classes, **kwargs)
     else:
         model = name_or_model
-    mapping, shapes = torch_key_map(model), _variable_shapes(model)
-    missing = sorted(k for k in mapping.values() if k not in state)
-    unexpected = sorted(set(state) - set(mapping.values()))
+    entries = _entries(model)
+    keys = {key for _, key, _, _ in entries}
+    missing = sorted(k for k in keys if k not in state)
+    unexpected = sorted(set(state) - keys)
     if missing or unexpected:
         raise ValueError(
             f"state_dict: does not match {type(model).__name__}; missing keys {missing[:20]}"
@@ -128,12 +124,12 @@ def from_torch(name_or_model, state_dict: dict, num_classes: int | None = None, 
             f"{' ...' if len(unexpected) > 20 else ''}"
         )
     flat = {}
-    for path, key, nchw in _entries(model):
+    for path, key, nchw, shape in entries:
         value = _convert(path[0], path[-1], state[key], nchw)
-        if value.shape != shapes[path]:
+        if value.shape != shape:
             raise ValueError(
                 f"state_dict: {key!r} has shape {state[key].shape}, which converts to {value.shape}; "
-                f"expected {shapes[path]} for {'/'.join(path)}"
+                f"expected {shape} for {'/'.join(path)}"
             )
         flat[path] = jnp.asarray(value, jnp.float32)
     return traverse_util.unflatten_dict(flat)
@@ -150,19 +146,20 @@ def to_torch(model, variables: dict) -> dict[str, np.ndarray]:
       model: the created backbone the variables belong to.
       variables: ``{"params": ..., "batch_stats": ...}`` (e.g. ``restore_model``'s).
     """
-    mapping, shapes = torch_key_map(model), _variable_shapes(model)
+    entries = _entries(model)
+    shapes = {path: shape for path, _, _, shape in entries}
     flat = traverse_util.flatten_dict(dict(variables))
-    missing = sorted("/".join(p) for p in mapping if p not in flat)
-    unexpected = sorted("/".join(p) for p in flat if p not in mapping)
+    missing = sorted("/".join(p) for p in shapes if p not in flat)
+    unexpected = sorted("/".join(p) for p in flat if p not in shapes)
     wrong = sorted(f"{'/'.join(p)} {tuple(flat[p].shape)} != {shapes[p]}"
-                   for p in mapping if p in flat and tuple(flat[p].shape) != shapes[p])  # fmt: skip
+                   for p in shapes if p in flat and tuple(flat[p].shape) != shapes[p])  # fmt: skip
     if missing or unexpected or wrong:
         raise ValueError(
             f"variables: do not match {type(model).__name__}; missing {missing[:20]}, "
             f"unexpected {unexpected[:20]}, wrong shapes {wrong[:20]}"
         )
     state = {}
-    for path, key, nchw in _entries(model):
+    for path, key, nchw, _ in entries:
         value = _convert_back(path[0], path[-1], np.asarray(flat[path], np.float32), nchw)
         state[key] = np.array(value, copy=True, order="C")  # writable: torch.from_numpy warns otherwise
         if key.endswith(".running_mean"):
