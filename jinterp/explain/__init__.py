@@ -7,7 +7,18 @@
 ``METHODS`` maps each method name to its factory and metadata (see :class:`registry.Method`).
 """
 
-from jinterp.explain.registry import METHODS, Method, explain, get, jitted, method, parse, register
+from jinterp.explain.registry import (
+    METHODS,
+    Method,
+    explain,
+    format_spec,
+    get,
+    jitted,
+    method,
+    parse,
+    register,
+    with_defaults,
+)
 
 # Importing a method module registers its methods.
 from jinterp.explain import cam, clam, concepts, crp, lrp, masking  # noqa: E402, F401  isort: skip
@@ -18,9 +29,11 @@ __all__ = [
     "Method",
     "cluster_cam_details",
     "explain",
+    "format_spec",
     "get",
     "jitted",
     "method",
     "parse",
     "register",
+    "with_defaults",
 ]

@@ -146,6 +146,29 @@ def method(spec: str) -> tuple[Method, dict[str, Any]]:
     return m, m.options(**options)
 
 
+def with_defaults(spec: str, **defaults) -> str:
+    """``spec`` with each of ``defaults`` added where the spec leaves it out and the method takes it.
+
+    ``with_defaults('grad_cam', layer="conv4")`` -> ``'grad_cam(layer="conv4")'``; options the spec sets
+    win, and options the method has no parameter for are dropped (``cam`` has no ``layer``: unchanged).
+    A value of None is treated as "no default".
+    """
+    m, _ = method(spec)
+    name, options = parse(spec)
+    accepted = m.options()
+    for key, value in defaults.items():
+        if value is not None and key not in options and key in accepted:
+            options[key] = value
+    return format_spec(name, options)
+
+
+def format_spec(name: str, options: dict[str, Any]) -> str:
+    """Inverse of :func:`parse`: ``format_spec(*parse(s))`` parses back to the same name and options."""
+    if not options:
+        return name
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+
+
 def get(spec: str) -> ExplainFn:
     """The pure explain function ``fn(model, variables, images, targets) -> (N, H, W)`` for ``spec``."""
     m, options = method(spec)
