@@ -1,0 +1,5 @@
+"""Shared numerics with no domain (clustering, resize, spec strings) and the Markdown table writer."""
+
+from jinterp.ops.table import format_cell, markdown_table
+
+__all__ = ["format_cell", "markdown_table"]
