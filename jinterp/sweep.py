@@ -20,6 +20,7 @@ workdir.
 
 import copy
 import csv
+import inspect
 import json
 import os
 import sys
@@ -28,18 +29,15 @@ from collections.abc import Callable
 import ml_collections
 
 from jinterp import train
+from jinterp.ops import markdown_table
 
 
 def collect_points(sweep_fn: Callable, arg: str | None = None) -> list[dict]:
-    """The override dicts ``sweep_fn(add[, arg])`` adds, in order."""
+    """The override dicts ``sweep_fn(add)`` (or ``sweep_fn(add, arg)`` if it takes two) adds, in order."""
     points = []
     add = lambda **overrides: points.append(dict(overrides))
-    try:
-        sweep_fn(add, arg)
-    except TypeError as e:
-        if "positional argument" not in str(e):
-            raise
-        sweep_fn(add)
+    takes_arg = len(inspect.signature(sweep_fn).parameters) >= 2
+    sweep_fn(add, arg) if takes_arg else sweep_fn(add)
     if not points:
         raise ValueError("sweep: the config's sweep(add) added no points")
     return points
@@ -48,19 +46,15 @@ def collect_points(sweep_fn: Callable, arg: str | None = None) -> list[dict]:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
     """A copy of ``config`` with dotted-path overrides; unknown keys / wrong types raise ValueError."""
     config = copy.deepcopy(config)
+    config.lock()  # an unknown key raises instead of being added
     for path, value in overrides.items():
-        node = config
-        *parents, leaf = path.split(".")
         try:
-            for key in parents:
-                node = node[key]
-            if leaf not in node:
-                raise KeyError(leaf)
-            node[leaf] = value
+            config.update_from_flattened_dict({path: value})
         except (KeyError, AttributeError):
             raise ValueError(f"sweep point: unknown config key {path!r}") from None
         except TypeError as e:
             raise ValueError(f"sweep point: {path}={value!r}: {e}") from None
+    config.unlock()
     return config
 
 
@@ -88,7 +82,7 @@ def run_sweep(
       arg: the config argument (``configs/x.py:arg``), passed on to ``sweep_fn`` if it takes one.
       vmap: train numeric-only sweeps as one program (``config.train.sweep_strategy`` vmap / map; False or
         ``sequential``: always one after another).
-      data: optional ``jinterp.train.Data`` (tests).
+      data: optional ``jinterp.data.feed.Data`` (tests).
 
     Returns:
       one row per point: its overrides, ``test_accuracy``, ``test_loss``, ``workdir``, ``vmapped``.
@@ -132,9 +126,7 @@ def write_table(rows: list[dict], workdir: str) -> tuple[str, str]:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    table = markdown_table(columns, [[r.get(c) for c in columns] for r in rows], fmt=".4f", missing="")
     with open(md_path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(table + "\n")
     return csv_path, md_path
