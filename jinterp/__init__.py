@@ -1,19 +1,21 @@
 """jinterp: interpretable CNNs on JAX/Flax.
 
 Subpackages are imported lazily (``ji.explain`` loads on first access), so importing jinterp
-is cheap and a notebook only pays for what it uses. Importing it sets jinterp's XLA:CPU defaults
-(``jinterp.xla_cpu``: measured faster convolutions) before jax creates its backend.
+is cheap and a notebook only pays for what it uses. Importing it calls :func:`apply_xla_cpu_defaults`
+(``jinterp.xla_cpu``: measured faster convolutions on CPU) before jax creates its backend;
+``JINTERP_KEEP_XLA_FLAGS=1`` skips that.
 """
 
 import importlib
 
 from jinterp import xla_cpu
 
-xla_cpu.apply_defaults()
+apply_xla_cpu_defaults = xla_cpu.apply_defaults
+apply_xla_cpu_defaults()
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("backbones", "data", "losses", "explain", "metrics", "train", "sweep", "viz")
+_SUBPACKAGES = ("ops", "backbones", "data", "losses", "explain", "metrics", "train", "sweep", "viz")
 
 
 def __getattr__(name):

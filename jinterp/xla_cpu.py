@@ -19,23 +19,33 @@ import warnings
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
 
+def _backend_started() -> bool:
+    """True once jax has created a backend: ``jax.extend.backend.get_backend`` caches each one it makes."""
+    from jax.extend import backend
+
+    cache_info = getattr(backend.get_backend, "cache_info", None)
+    return cache_info is not None and cache_info().currsize > 0
+
+
 def apply_defaults() -> None:
-    """Append ``YNN_FLAG`` to ``XLA_FLAGS`` unless the user set it, opted out, or jax already started."""
+    """Append ``YNN_FLAG`` to ``XLA_FLAGS`` unless the user set it, opted out, or jax already started.
+
+    ``import jinterp`` calls this once (``jinterp.apply_xla_cpu_defaults`` is the same function); set
+    ``JINTERP_KEEP_XLA_FLAGS=1`` before importing jinterp to skip it, or put your own value of the flag
+    in ``XLA_FLAGS`` (yours wins).
+    """
     flags = os.environ.get("XLA_FLAGS", "")
     if YNN_FLAG.rstrip("=") in flags or os.environ.get("JINTERP_KEEP_XLA_FLAGS", "") not in ("", "0"):
         return
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
+    if "jax" in sys.modules and _backend_started():
+        import jax
 
-        if xla_bridge.backends_are_initialized():
-            import jax
-
-            if jax.default_backend() == "cpu":
-                warnings.warn(
-                    "jinterp: jax's CPU backend was created before jinterp was imported, so XLA:CPU's "
-                    "YNNPACK fusion stays on (convolutions up to 2.6x slower); import jinterp first or "
-                    f"set XLA_FLAGS={YNN_FLAG} (JINTERP_KEEP_XLA_FLAGS=1 silences this)",
-                    stacklevel=3,
-                )
-            return
+        if jax.default_backend() == "cpu":
+            warnings.warn(
+                "jinterp: jax's CPU backend was created before jinterp was imported, so XLA:CPU's "
+                "YNNPACK fusion stays on (convolutions up to 2.6x slower); import jinterp first or "
+                f"set XLA_FLAGS={YNN_FLAG} (JINTERP_KEEP_XLA_FLAGS=1 silences this)",
+                stacklevel=3,
+            )
+        return
     os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}".strip()
