@@ -188,6 +188,19 @@ def test_train_step_does_not_retrace_and_donates_state(monkeypatch):
     assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
 
 
+def test_train_step_leaves_its_input_state_untouched():
+    """Pure: the un-jitted step returns a new learning rate in a new optimiser state, the old one stays."""
+    trainer = train.Trainer(tiny_config())
+    state = jax.device_get(trainer.init_state(10))
+    before = jax.tree.map(np.array, state.opt_state.hyperparams)
+    factor = train.lr_factor(trainer.config.schedule, 1)
+    step = train.make_train_step(trainer.model, trainer.tx, trainer.specs, factor)
+    x, y = _images(8, 16, 5)
+    new, _ = step(state, {"image": x, "label": y})
+    _assert_trees_close(jax.tree.map(np.array, state.opt_state.hyperparams), before, atol=0)
+    assert float(new.opt_state.hyperparams["learning_rate"]) != float(before["learning_rate"])
+
+
 def test_train_step_matches_a_hand_written_sgd_step():
     """One SGD step (momentum, torch-style weight decay, step schedule) against a plain jax.grad update."""
     cfg = tiny_config(
