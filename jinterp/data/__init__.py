@@ -47,8 +47,11 @@ from the ink).
 
 Other public names: ``NAMES``, ``num_classes(name, **config)``, ``info(name, **config)``,
 ``PART_NAMES``, ``PartsWorldConfig``, ``PartsWorld`` (tfds builder), ``generate(config, split, seed)``,
-``parts_world_classes(config)``, ``normalize_images``, ``denormalize_images``, ``augment_batch``.
+``parts_world_classes(config)``, ``normalize_images``, ``denormalize_images``, ``augment_batch``,
+``example_batch`` (a few PartsWorld test examples in memory, for figures).
 """
+
+import numpy as np
 
 from jinterp.data.loader import (
     CATALOG,
@@ -78,6 +81,43 @@ from jinterp.data.parts_world import (
     parts_world_classes,
 )
 
+
+def example_batch(
+    name: str = "parts_world",
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    num: int = 16,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``num`` PartsWorld test examples generated in memory (no tfds build), sorted by label, and the
+    class names (label -> name), e.g. for ``jinterp.viz.save_examples_grid(batch, path, class_names=names)``.
+
+    Args:
+      name: ``parts_world[/<config>]`` or ``parts_world_binary`` (as :func:`load`).
+      image_size, num_classes: override the config's (None: keep).
+      num: examples (the test split of a config with ``test_size=num``).
+      seed: generation seed (``data_seed``).
+
+    Returns:
+      ``(batch, class_names)``: the keys of :func:`generate` (``image`` uint8), stably sorted by label so
+      fine-grained neighbours (one part apart) sit side by side.
+    """
+    if int(num) < 1:
+        raise ValueError(f"num: expected a positive number of examples, got {num}")
+    cfg = parts_world_config(name, image_size=image_size, num_classes=num_classes, data_seed=seed)
+    cfg = make_config(
+        image_size=cfg.image_size,
+        num_classes=cfg.num_classes,
+        binary=cfg.binary,
+        train_size=1,
+        test_size=int(num),
+        seed=cfg.seed,
+    )
+    batch = generate(cfg, "test")
+    order = np.argsort(batch["label"], kind="stable")
+    return {k: v[order] for k, v in batch.items()}, [c["name"] for c in parts_world_classes(cfg)]
+
+
 __all__ = [
     "CATALOG",
     "IMAGENET_MEAN",
@@ -92,6 +132,7 @@ __all__ = [
     "batch_indices",
     "default_data_dir",
     "denormalize_images",
+    "example_batch",
     "generate",
     "info",
     "load",
