@@ -1,13 +1,22 @@
-"""Figures: overlays, grids, curves (matplotlib, saved as PNG)."""
+"""Every figure: image grids, part overlays, heatmaps, curves and the evaluation report's figures.
+
+Each ``plot_*`` function returns a ``matplotlib.figure.Figure`` built with the Figure API, never
+attached to pyplot: no backend is switched (a notebook's inline backend is untouched) and nothing has
+to be closed. :func:`save_figure` writes a figure as PNG. The evaluation report in one call is
+:func:`write_report` (tables and ``metrics.json`` from :mod:`jinterp.metrics.report`, figures from
+:func:`report_figures`); :func:`compare` does the same over several evaluated runs.
+"""
 
 import os
 import textwrap
+from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from jinterp.data import PART_NAMES, denormalize_images
+from jinterp.metrics import report
 
 # One distinct, saturated colour per PartsWorld part (body, head, beak, tail, wing, legs).
 PART_COLORS = np.array(
@@ -15,6 +24,70 @@ PART_COLORS = np.array(
      [0.09, 0.75, 0.81]],
     np.float32,
 )  # fmt: skip
+
+
+def save_figure(fig: Figure, path, dpi: int = 120) -> str:
+    """Save ``fig`` as a PNG (white background) at ``path``, creating its folder; returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    return path
+
+
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="tight")
+
+
+def display01(images) -> np.ndarray:
+    """Images for display in [0, 1]: uint8 divided by 255, anything else min-max scaled per image
+    (so normalised or unbounded inputs show their full contrast; a constant image shows as 0).
+
+    Args:
+      images: (N, H, W, C) or (N, H, W), any dtype and range.
+    """
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255
+    images = images.astype(np.float32)
+    axes = tuple(range(1, images.ndim))
+    lo, hi = images.min(axes, keepdims=True), images.max(axes, keepdims=True)
+    return (images - lo) / np.where(hi > lo, hi - lo, 1.0)
+
+
+def plot_image_grid(images, titles=None, title_colors=None, ncols: int = 8, panel: float = 1.6) -> Figure:
+    """A grid of images, row by row, each with an optional (coloured) title.
+
+    Args:
+      images: (N, H, W, 3), (N, H, W, 1) or (N, H, W) (grey), uint8 or any float range: shown by
+        :func:`display01` (per-image min-max scaling for floats).
+      titles: N captions (None or "" for none); title_colors: N matplotlib colours (None: default).
+      ncols: images per row (at most N); panel: inches per image (plus 0.2 in per row for the title).
+
+    Returns:
+      A ``Figure`` whose first N axes hold the images in order (callers may draw on them, e.g. overlays).
+    """
+    images = display01(images)
+    n = len(images)
+    if n == 0 or images.ndim not in (3, 4):
+        raise ValueError(f"images: expected a non-empty (N, H, W[, C]) array, got shape {images.shape}")
+    for arg, value in (("titles", titles), ("title_colors", title_colors)):
+        if value is not None and len(value) != n:
+            raise ValueError(f"{arg}: expected {n} entries (one per image), got {len(value)}")
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    ncols = max(1, min(int(ncols), n))
+    nrows = -(-n // ncols)
+    fig = _figure(panel * ncols, (panel + 0.2) * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(images[i], **({"cmap": "gray", "vmin": 0, "vmax": 1} if images.ndim == 3 else {}))
+        if titles is not None and titles[i]:
+            color = None if title_colors is None else title_colors[i]
+            ax.set_title(str(titles[i]), fontsize=7, **({} if color is None else {"color": color}))
+    return fig
 
 
 def _images01(batch: dict, normalize) -> np.ndarray:
@@ -124,7 +197,251 @@ def plot_examples(
 
 def save_examples_grid(batch: dict, path: str, *, dpi: int = 110, **kwargs) -> str:
     """Render ``plot_examples(batch, **kwargs)`` and save it as a PNG at ``path``; returns the path."""
-    fig = plot_examples(batch, **kwargs)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, facecolor="white")
-    return path
+    return save_figure(plot_examples(batch, **kwargs), path, dpi=dpi)
+
+
+def _overlay(ax, heat, alpha: float) -> None:
+    ax.imshow(np.asarray(heat), cmap="jet", alpha=alpha, vmin=0, vmax=1)
+
+
+def plot_heatmap_grid(images, heatmaps: Mapping[str, np.ndarray], alpha: float = 0.5, max_images: int = 8):
+    """Overlay grid: one row per image, the image then one column per method's heatmap.
+
+    Args:
+      images: (N, H, W, 3) images, any range (min-max scaled for display).
+      heatmaps: ``{method_name: (N, H, W) heatmaps in [0, 1]}``.
+    """
+    imgs = np.asarray(images, np.float32)[:max_images]
+    names = list(heatmaps)
+    n, cols = imgs.shape[0], len(names) + 1
+    titles = [""] + names + [""] * (cols * (n - 1))  # method names above the first row
+    fig = plot_image_grid(np.repeat(imgs, cols, axis=0), titles=titles, ncols=cols, panel=1.6)
+    for i in range(n):
+        for j, name in enumerate(names):
+            _overlay(fig.axes[i * cols + j + 1], np.asarray(heatmaps[name])[i], alpha)
+    return fig
+
+
+def plot_concepts(concepts, image, columns: int = 5, max_concepts: int = 25) -> Figure:
+    """A grid: the image, then each concept's representative map (positive part) over it.
+
+    Args:
+      concepts: a ``jinterp.explain.concepts.Concepts`` (concise concepts, seed 001 eq. 1-6).
+      image: (H, W, 3) the explained image, any range.
+    """
+    m = min(len(concepts), max_concepts)
+    titles = ["image"]
+    for i in range(m):
+        layer, ch = concepts.representatives[i]
+        titles.append(f"{layer}:{ch} (+{len(concepts.neurons[i]) - 1})\nR={concepts.relevances[i]:.3g}")
+    images = np.repeat(np.asarray(image, np.float32)[None], m + 1, axis=0)
+    fig = plot_image_grid(images, titles=titles, ncols=columns, panel=2.2)
+    for i in range(m):
+        heat = np.maximum(concepts.maps[i], 0)
+        _overlay(fig.axes[i + 1], heat / heat.max() if heat.max() > 0 else heat, 0.5)
+    return fig
+
+
+def plot_iou_vs_complexity(result: dict) -> Figure:
+    """IoU vs number of maps per explanation (seed 001 Fig. 3): CRP-k, concise-k, the other methods.
+
+    Args:
+      result: ``jinterp.metrics.concepts_eval.evaluate_concepts(...)``.
+    """
+    fig = _figure(6.4, 4.4)
+    ax = fig.subplots()
+    for name, marker in (("CRP-k", "o"), ("concise-k", "s")):
+        xs, ys = zip(*result["curves"][name], strict=True)
+        ax.plot(xs, ys, marker=marker, label=name)
+    for name, r in result["rows"].items():
+        if name.startswith(("CRP-", "concise-")):
+            continue
+        mk = "*" if name == "concise" else "^"
+        ax.scatter([r["complexity"]], [r["best"]], marker=mk, s=90 if mk == "*" else 40, label=name, zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("explanation complexity (maps per explanation)")
+    ax.set_ylabel("mean max-IoU, defining parts")
+    ax.set_title(f"seed-001 protocol, {result['num_images']} PartsWorld test images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_inconsistency_diversity(curves: Mapping[str, Mapping]) -> Figure:
+    """Inconsistency (x) against diversity (y) per model, one marker per τ (seed 000 Fig. 4).
+
+    Args:
+      curves: ``{model_name: inconsistency_diversity_curve(...)}``.
+    """
+    fig = _figure(4.5, 4)
+    ax = fig.subplots()
+    for name, c in curves.items():
+        inc, div = np.asarray(c["inconsistency"]), np.asarray(c["diversity"])
+        ax.plot(inc, div, "o-", ms=3, label=name)
+    ax.set_xlabel("inconsistency (lower is better)")
+    ax.set_ylabel("diversity (higher is better)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_pointing_curves(results: Mapping[str, Mapping]) -> Figure:
+    """Pointing accuracy against residual energy per explainer (seed 003 Fig. 5/6).
+
+    Args:
+      results: ``{method_name: energy_pointing_game(...)}``.
+    """
+    fig = _figure(4.5, 3.5)
+    ax = fig.subplots()
+    for name, r in results.items():
+        label = f"{name} ({float(r['mean']):.3f})"
+        ax.plot(np.asarray(r["energies"]), np.asarray(r["curve"]), "o-", ms=3, label=label)
+    ax.set_xlabel("residual energy E")
+    ax.set_ylabel("pointing accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_perturbation_curves(results: Mapping[str, Mapping], key: str = "curve") -> Figure:
+    """Deletion / insertion curves per explainer with their AUC in the legend.
+
+    Args:
+      results: ``{method_name: perturbation_curve(...)}``; key: "curve" (probability) or
+        "accuracy_curve".
+    """
+    fig = _figure(4.5, 3.5)
+    ax = fig.subplots()
+    for name, r in results.items():
+        label = f"{name} (AUC {float(r['auc_mean']):.3f})"
+        ax.plot(np.asarray(r["fractions"]), np.asarray(r[key]), label=label)
+    ax.set_xlabel("fraction of pixels perturbed")
+    ax.set_ylabel("target probability" if key == "curve" else "accuracy")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_metric_pairs(curves: Mapping[str, Mapping], x: str = "interp_mean") -> Figure:
+    """Landmark metric-pair curves (seed 002 Fig. 6): Stability, Purity, Diversity against Interp.
+
+    Args:
+      curves: ``{model_name: landmark_metric_curves(...)}``.
+    """
+    ys = ("stability_mean", "purity_mean", "diversity_mean")
+    fig = _figure(11, 3.4)
+    axes = fig.subplots(1, 3)
+    for name, c in curves.items():
+        for ax, y in zip(axes, ys, strict=True):
+            ax.plot(np.asarray(c[x]), np.asarray(c[y]), "o-", ms=3, label=name)
+    for ax, y in zip(axes, ys, strict=True):
+        ax.set_xlabel(x.removesuffix("_mean"))
+        ax.set_ylabel(y.removesuffix("_mean"))
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def plot_tsne(responses, groups, perplexity: float = 30.0, seed: int = 0, title: str | None = None) -> Figure:
+    """t-SNE of filter responses coloured by filter group (seed 000 §4.2, Fig. 5).
+
+    Args:
+      responses: (C, D) one row per filter (e.g. its maps over test images, flattened), or
+        (N, h, w, C) feature maps, which are turned into that matrix.
+      groups: (C,) group / module of each filter.
+      perplexity: t-SNE perplexity, clipped below the number of filters.
+    """
+    from sklearn.manifold import TSNE
+
+    r = np.asarray(responses, np.float64)
+    if r.ndim == 4:
+        r = np.moveaxis(r, -1, 0).reshape(r.shape[-1], -1)
+    g = np.asarray(groups)
+    if r.ndim != 2 or g.shape != (r.shape[0],):
+        raise ValueError(
+            f"groups: expected shape ({r.shape[0]},) (one per filter of responses), got {g.shape}"
+        )
+    perp = float(min(perplexity, max(2.0, (r.shape[0] - 1) / 3)))
+    emb = TSNE(2, perplexity=perp, random_state=seed, init="pca").fit_transform(r)
+    fig = _figure(4.5, 4)
+    ax = fig.subplots()
+    sc = ax.scatter(emb[:, 0], emb[:, 1], c=g, cmap="tab10", s=14)
+    ax.legend(*sc.legend_elements(), fontsize=7, title="group")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _method_curves(scores: dict, prefix: str, x: str) -> dict:
+    return {
+        "energies" if x == "energies" else "fractions": scores[f"{prefix}_{x}"],
+        "curve": scores[f"{prefix}_curve"],
+        "mean": scores.get(f"{prefix}_mean"),
+        "auc_mean": scores.get(f"{prefix}_auc_mean"),
+    }
+
+
+def report_figures(
+    results_by_model: Mapping[str, dict],
+    outdir: str,
+    artifacts_by_model: Mapping | None = None,
+    dpi: int = 120,
+) -> list[tuple[str, str]]:
+    """Draw and save the evaluation report's figures into ``outdir``.
+
+    Figures: inconsistency-diversity curves of all models; per model, energy-pointing and deletion
+    curves of every method, a heatmap grid and a t-SNE of filter responses coloured by module (the
+    last two need that model's ``artifacts``, the second value of ``metrics.report.evaluate``).
+
+    Returns:
+      ``[(title, file name in outdir)]`` in report order, for ``metrics.report.write_report(figures=)``.
+    """
+    figures = []
+
+    def save(title: str, file: str, fig: Figure) -> None:
+        save_figure(fig, os.path.join(outdir, file), dpi=dpi)
+        figures.append((title, file))
+
+    curves = {name: r["curves"]["inconsistency_diversity"] for name, r in results_by_model.items()}
+    save("inconsistency-diversity", "inconsistency_diversity.png", plot_inconsistency_diversity(curves))
+    for name, r in results_by_model.items():
+        ex = r["explanations"]
+        if ex:
+            pointing = {m: _method_curves(s, "energy_pointing", "energies") for m, s in ex.items()}
+            deletion = {m: _method_curves(s, "deletion", "fractions") for m, s in ex.items()}
+            save(f"{name}: pointing", f"{name}_pointing.png", plot_pointing_curves(pointing))
+            save(f"{name}: deletion", f"{name}_deletion.png", plot_perturbation_curves(deletion))
+        art = (artifacts_by_model or {}).get(name)
+        if art is not None:
+            if art["heatmaps"]:
+                fig = plot_heatmap_grid(art["images"], art["heatmaps"])
+                save(f"{name}: heatmaps", f"{name}_heatmaps.png", fig)
+            fig = plot_tsne(art["responses"], art["modules"], title=name)
+            save(f"{name}: t-SNE of filters by module", f"{name}_tsne.png", fig)
+    return figures
+
+
+def write_report(
+    results_by_model: Mapping[str, dict], outdir: str, artifacts_by_model: Mapping | None = None
+) -> dict:
+    """Write ``metrics.json``, ``report.md`` and the figures of one or several evaluated models.
+
+    The tables come from :func:`jinterp.metrics.report.write_report`, the figures from
+    :func:`report_figures`.
+
+    Returns:
+      ``{"metrics": path, "report": path, <figure file stem>: path, ...}``.
+    """
+    figures = report_figures(results_by_model, outdir, artifacts_by_model)
+    paths = report.write_report(dict(results_by_model), outdir, figures=figures)
+    paths.update({file.removesuffix(".png"): os.path.join(outdir, file) for _, file in figures})
+    return paths
+
+
+def compare(metrics_files: Mapping[str, str], outdir: str) -> dict:
+    """One report over several evaluated runs (``launch.py --mode evaluate`` wrote each ``metrics.json``).
+
+    Args:
+      metrics_files: ``{display name: path to an evaluation/metrics.json}``; each file holds one model.
+      outdir: where the combined ``metrics.json``, ``report.md`` and figures go.
+    """
+    return write_report(report.load_runs(dict(metrics_files)), outdir)

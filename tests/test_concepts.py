@@ -8,6 +8,7 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
 import jinterp.backbones as B
+from jinterp import viz
 from jinterp.explain import concepts as K
 
 
@@ -72,5 +73,16 @@ def test_concise_concepts_end_to_end_and_plot(tmp_path):
     base = K.crp_top_k(model, v, x, 1, ["conv1", "conv2"], k=10)
     assert sorted(base.all_neurons) == sorted(out.all_neurons)  # same global top-10 neurons
     assert np.all(np.diff(base.relevances) <= 0)
-    path = K.plot_concepts(out, x, str(tmp_path / "concepts.png"))
+    fig = viz.plot_concepts(out, x)
+    assert len(fig.get_axes()) >= len(out) + 1
+    assert [ax.get_title() for ax in fig.axes[: len(out) + 1]] == ["image"] + [
+        f"{layer}:{ch} (+{len(n) - 1})\nR={r:.3g}"
+        for (layer, ch), n, r in zip(out.representatives, out.neurons, out.relevances, strict=True)
+    ]
+    first = fig.axes[1].get_images()  # the image, then the concept's positive map scaled to max 1
+    assert len(first) == 2 and first[1].get_array().max() == pytest.approx(1.0)
+    np.testing.assert_allclose(
+        first[1].get_array(), np.maximum(out.maps[0], 0) / np.maximum(out.maps[0], 0).max()
+    )
+    path = viz.save_figure(fig, tmp_path / "concepts.png", dpi=100)
     assert (tmp_path / "concepts.png").stat().st_size > 1000 and path.endswith(".png")

@@ -9,6 +9,7 @@ import pytest
 
 from jinterp import backbones as B
 from jinterp import data as D
+from jinterp import viz
 from jinterp.explain import concepts as K
 from jinterp.explain import explain
 from jinterp.metrics import concepts_eval as E
@@ -165,9 +166,46 @@ def test_table_and_plot(tmp_path):
     r = _result()
     table = E.format_table(r)
     assert table.startswith("| method | mean max-IoU") and "| CRP-10 |" in table and "head*" in table
-    assert f"| concise | {r['rows']['concise']['best']:.3f} |" in table
-    path = E.plot_curve(r, str(tmp_path / "curve.png"))
-    assert (tmp_path / "curve.png").stat().st_size > 5000 and path.endswith(".png")
+    row = r["rows"]["concise"]
+    cells = [f"{row['best']:.3f}", f"{row['complexity']:.1f}", f"{row['threshold']:.0f}"]
+    cells += ["–" if np.isnan(row["per_part"][p]) else f"{row['per_part'][p]:.3f}" for p in r["parts"]]
+    assert "| concise | " + " | ".join(cells) + " |" in table.splitlines()
+    fig = viz.plot_iou_vs_complexity(r)
+    ax = fig.axes[0]
+    crp_x, crp_y = ax.lines[0].get_data()  # the CRP-k curve, in crp_ks order
+    np.testing.assert_allclose(crp_x, [c for c, _ in r["curves"]["CRP-k"]])
+    np.testing.assert_allclose(crp_y, [b for _, b in r["curves"]["CRP-k"]])
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:2] == ["CRP-k", "concise-k"] and {"concise", "grad_cam[conv2]"} <= set(labels)
+    assert "CRP-5" not in labels and ax.get_xscale() == "log"
+    path = viz.save_figure(fig, tmp_path / "sub" / "curve.png", dpi=110)
+    assert (tmp_path / "sub" / "curve.png").read_bytes()[:4] == b"\x89PNG" and path.endswith(".png")
+
+
+def test_run_protocol_adds_accuracy_to_evaluate_concepts():
+    cfg, d, x, model, v = _setup()
+    data = {"image": x, "label": d["label"], "part_masks": d["part_masks"]}
+    kw = dict(layers=("conv2",), cam_methods=(), batch_images=8)
+    r = E.run_protocol(model, v, data, cfg, **kw)
+    ref = E.evaluate_concepts(
+        model,
+        v,
+        x,
+        d["label"],
+        d["part_masks"],
+        ("conv2",),
+        E.class_part_table(cfg),
+        cam_methods=(),
+        batch_images=8,
+    )
+    assert {k: row["best"] for k, row in r["rows"].items()} == {
+        k: row["best"] for k, row in ref["rows"].items()
+    }
+    logits, _ = model.apply(v, jnp.asarray(x))
+    assert r["accuracy"] == pytest.approx(float((np.asarray(logits).argmax(-1) == d["label"]).mean()))
+    assert r["wall_s"] > 0
+    with pytest.raises(ValueError, match="part_masks"):
+        E.run_protocol(model, v, {"image": x, "label": d["label"]}, cfg, **kw)
 
 
 def test_errors():

@@ -237,35 +237,3 @@ def crp_top_k(model, variables, image, target: int, layers: Sequence[str], k: in
         all_relevances=rel,
         silhouettes={},
     )
-
-
-def plot_concepts(concepts: Concepts, image, path: str, columns: int = 5, max_concepts: int = 25) -> str:
-    """Save a grid: the image, then each concept's representative map (positive part) over it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img = np.asarray(image, np.float32)
-    img = (img - img.min()) / max(img.max() - img.min(), 1e-12)
-    m = min(len(concepts), max_concepts)
-    rows = -(-(m + 1) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    axes[0, 0].imshow(img)
-    axes[0, 0].set_title("image", fontsize=8)
-    for i in range(m):
-        ax = axes.ravel()[i + 1]
-        heat = np.maximum(concepts.maps[i], 0)
-        heat = heat / heat.max() if heat.max() > 0 else heat
-        ax.imshow(img)
-        ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        layer, ch = concepts.representatives[i]
-        ax.set_title(
-            f"{layer}:{ch} (+{len(concepts.neurons[i]) - 1})\nR={concepts.relevances[i]:.3g}", fontsize=7
-        )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

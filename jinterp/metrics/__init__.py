@@ -2,13 +2,15 @@
 
 Every metric is a pure function of arrays (NHWC maps, (N, H, W) heatmaps and masks) that returns a
 dict of ``jax.Array`` scores. ``METRICS`` maps a name to the function and what it needs, so a config
-can list metric names::
+can list metric names (``report.evaluate(..., metrics=names)`` does this per explanation method)::
 
     for name in config.metrics:
-        spec = METRICS[name]
-        scores = spec.fn(**{k: inputs[k] for k in spec.inputs}, **spec.defaults)
+        scores = compute(name, inputs)  # METRICS[name].fn(*(inputs[k] for k in .inputs), **.defaults)
+
+Adding a metric is one ``METRICS`` line.
 """
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from jinterp.metrics.concepts_eval import evaluate_concepts
@@ -45,10 +47,12 @@ class Metric(NamedTuple):
     """Registry entry.
 
     ``inputs`` names the positional data the function takes, from: ``maps`` (N, h, w, C),
-    ``part_masks`` (N, H, W, K), ``object_mask`` (N, H, W), ``heatmaps`` (N, H, W), ``images``,
-    ``apply_fn``, ``landmarks``; ``scalars`` are the keys of the returned dict worth tabulating, each
-    with ``+1`` (higher is better) or ``-1``; ``source`` cites the definition; ``default`` marks the
-    default evaluation set.
+    ``part_masks`` (N, H, W, K), ``object_mask`` (N, H, W), ``disc_mask`` (N, H, W, the parts that
+    define the class), ``heatmaps`` (N, H, W), ``images``, ``targets`` (N,), ``apply_fn``,
+    ``landmarks``; ``scalars`` are the keys of the returned dict worth tabulating, each with ``+1``
+    (higher is better) or ``-1``; ``source`` cites the definition; ``default`` marks the default
+    evaluation set; ``defaults`` are keyword arguments always passed; ``prefix`` starts the keys of
+    its scores in a report (None: the registry name).
     """
 
     fn: Any
@@ -57,7 +61,11 @@ class Metric(NamedTuple):
     source: str
     default: bool = True
     defaults: dict[str, Any] = {}
+    prefix: str | None = None
 
+
+# Masks of images without the object / defining parts (hidden by an occluder) are skipped, not errors.
+_IGNORE_EMPTY = {"empty": "ignore"}
 
 METRICS: dict[str, Metric] = {
     "filter_interpretability": Metric(
@@ -76,39 +84,61 @@ METRICS: dict[str, Metric] = {
     "sras_heatmaps": Metric(sras, ("heatmaps", "part_masks"), {}, "seed 000 eq. 13-15 on Grad-CAM maps"),
     "energy_pointing_game": Metric(
         energy_pointing_game,
-        ("heatmaps", "object_mask"),
+        ("heatmaps", "disc_mask"),
         {"mean": 1, "lower": 1, "higher": 1},
         "seed 003 eq. 6",
+        defaults=_IGNORE_EMPTY,
+        prefix="energy_pointing",
     ),
     "pointing_game": Metric(
-        pointing_game, ("heatmaps", "object_mask"), {"mean": 1}, "Zhang et al. 2018; Quantus"
+        pointing_game,
+        ("heatmaps", "disc_mask"),
+        {"mean": 1},
+        "Zhang et al. 2018; Quantus",
+        defaults=_IGNORE_EMPTY,
+        prefix="pointing",
     ),
     "relevance_mass": Metric(
-        relevance_mass, ("heatmaps", "object_mask"), {"mean": 1}, "Arras et al. 2022; Quantus"
+        relevance_mass,
+        ("heatmaps", "object_mask"),
+        {"mean": 1},
+        "Arras et al. 2022; Quantus",
+        defaults=_IGNORE_EMPTY,
     ),
-    "localization_iou": Metric(localization_iou, ("heatmaps", "object_mask"), {"mean": 1}, "seed 003 §A.5"),
+    "localization_iou": Metric(
+        localization_iou,
+        ("heatmaps", "object_mask"),
+        {"mean": 1},
+        "seed 003 §A.5",
+        defaults=_IGNORE_EMPTY,
+        prefix="iou",
+    ),
     "mean_max_iou": Metric(
         mean_max_iou, ("concept_maps", "feature_masks"), {"best": 1}, "seed 001 §4.2, DCNE", default=False
     ),
     "confidence_change": Metric(
         confidence_change,
-        ("apply_fn", "images", "heatmaps"),
+        ("apply_fn", "images", "heatmaps", "targets"),
         {"average_drop": -1, "drop_absolute": -1, "increase": 1},
         "seed 004 eq. 23; Grad-CAM++; torch-cam / pytorch-grad-cam",
+        prefix="confidence",
     ),
     "deletion": Metric(
-        perturbation_curve, ("apply_fn", "images", "heatmaps"), {"auc_mean": -1}, "RISE; seed 003 §4.3.2"
+        perturbation_curve,
+        ("apply_fn", "images", "heatmaps", "targets"),
+        {"auc_mean": -1},
+        "RISE; seed 003 §4.3.2",
     ),
     "insertion": Metric(
         perturbation_curve,
-        ("apply_fn", "images", "heatmaps"),
+        ("apply_fn", "images", "heatmaps", "targets"),
         {"auc_mean": 1},
         "RISE",
         defaults={"mode": "insertion"},
     ),
     "lerf": Metric(
         perturbation_curve,
-        ("apply_fn", "images", "heatmaps"),
+        ("apply_fn", "images", "heatmaps", "targets"),
         {"auc_mean": 1},
         "seed 003 §4.3.2 (100 steps of 200 px at 224 px)",
         default=False,
@@ -119,9 +149,25 @@ METRICS: dict[str, Metric] = {
     ),
 }
 
+
+def compute(name: str, inputs: Mapping[str, Any]) -> dict:
+    """Run ``METRICS[name]`` on ``inputs`` (its ``inputs`` taken positionally, then its ``defaults``).
+
+    Raises ValueError naming the metric or the missing inputs.
+    """
+    if name not in METRICS:
+        raise ValueError(f"metrics: unknown metric {name!r}; expected one of {sorted(METRICS)}")
+    m = METRICS[name]
+    missing = [k for k in m.inputs if k not in inputs]
+    if missing:
+        raise ValueError(f"metrics: {name!r} needs inputs {list(m.inputs)}; missing {missing}")
+    return m.fn(*(inputs[k] for k in m.inputs), **m.defaults)
+
+
 __all__ = [
     "METRICS",
     "Metric",
+    "compute",
     "evaluate_concepts",
     "adjusted_variation_of_information",
     "boxes_to_masks",

@@ -28,16 +28,11 @@ Speed: the CRP maps of all channels of a layer come from one compiled call per c
 subset of those per-map IoUs (CRP-k: a prefix of the relevance order, so the CRP-k curve is a
 cumulative max). Only the clustering runs per image on the host (scipy / sklearn).
 
-Runnable::
-
-    python -m jinterp.metrics.concepts_eval --workdir /tmp/qs --out /tmp/concepts_eval --num-images 100
+On a trained run: ``python launch.py --config configs/quickstart.py --workdir runs/quickstart
+--mode concepts`` (restores the checkpoint, calls :func:`run_protocol`, writes
+``<workdir>/concepts/{table.md, results.json, iou_vs_complexity.png}``).
 """
 
-import argparse
-import importlib.util
-import json
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -51,6 +46,7 @@ from jinterp.explain import concepts as concepts_mod
 from jinterp.explain import crp as crp_mod
 from jinterp.explain import explain
 from jinterp.metrics.localization import DCNE_THRESHOLDS, mean_max_iou
+from jinterp.ops.table import markdown_table
 
 CAM_METHODS = ("grad_cam", "layer_cam", "score_cam", "cluster_cam")
 CRP_KS = (1, 2, 5, 10, 20, 50, None)
@@ -332,84 +328,48 @@ def format_table(result: dict) -> str:
     defining = set(result["defining_parts"])
     head = ["method", "mean max-IoU (defining parts)", "#maps", "thr"]
     head += [f"{p}{'*' if p in defining else ''}" for p in parts]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in result["rows"].items():
-        cells = [name, f"{r['best']:.3f}", f"{r['complexity']:.1f}", f"{r['threshold']:.0f}"]
-        cells += ["-" if np.isnan(r["per_part"][p]) else f"{r['per_part'][p]:.3f}" for p in parts]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        f"{result['num_images']} images, CRP over {result['num_neurons']} channels of "
+    rows = [
+        [name, r["best"], r["complexity"], r["threshold"], *(r["per_part"][p] for p in parts)]
+        for name, r in result["rows"].items()
+    ]
+    table = markdown_table(head, rows, fmt=[None, ".3f", ".1f", ".0f", *([".3f"] * len(parts))])
+    return (
+        f"{table}\n\n{result['num_images']} images, CRP over {result['num_neurons']} channels of "
         f"{', '.join(result['layers'])}; * = parts defining the classes (the headline average); per-part "
         "columns at each method's best threshold over the images showing the part."
     )
-    return "\n".join(lines)
 
 
-def plot_curve(result: dict, path: str) -> str:
-    """IoU vs number of maps per explanation (seed 001 Fig. 3): CRP-k, concise-k, the other methods."""
-    import matplotlib
+def run_protocol(
+    model,
+    variables,
+    data: dict,
+    pw_config,
+    *,
+    layers: Sequence[str] = ("conv4", "conv6"),
+    cam_methods: Sequence[str] = CAM_METHODS,
+    lam: float = 0.5,
+    linkage: str = "ward",
+    batch_images: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """The seed-001 protocol on an evaluation split: :func:`evaluate_concepts` with the class table
+    of ``pw_config``, plus the model's accuracy on those images and the wall time.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+      model, variables: the trained network.
+      data: ``image`` (N,H,W,3) normalised, ``label`` (N,), ``part_masks`` (N,H,W,6) (a PartsWorld split).
+      pw_config: the split's ``PartsWorldConfig`` (``jinterp.data.parts_world_config``).
+      layers, cam_methods, lam, linkage, batch_images, progress: as :func:`evaluate_concepts`.
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, marker in (("CRP-k", "o"), ("concise-k", "s")):
-        xs, ys = zip(*result["curves"][name], strict=True)
-        ax.plot(xs, ys, marker=marker, label=name)
-    for name, r in result["rows"].items():
-        if name.startswith(("CRP-", "concise-")):
-            continue
-        mk = "*" if name == "concise" else "^"
-        ax.scatter([r["complexity"]], [r["best"]], marker=mk, s=90 if mk == "*" else 40, label=name, zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("explanation complexity (maps per explanation)")
-    ax.set_ylabel("mean max-IoU, defining parts")
-    ax.set_title(f"seed-001 protocol, {result['num_images']} PartsWorld test images")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _load_config(path_with_arg: str):
-    path, _, arg = path_with_arg.partition(":")
-    spec = importlib.util.spec_from_file_location("jinterp_concepts_eval_config", path)
-    module = importlib.util.module_from_spec(spec)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    sys.path.insert(0, root)  # config files do `from configs import common`
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """CLI: restore ``--workdir``'s checkpoint, run the protocol, write table.md, results.json, curve PNG."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="trained run (checkpoints/)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--config", default=os.path.join(here, "configs", "quickstart.py"), help="file.py[:arg]")
-    p.add_argument("--num-images", type=int, default=100)
-    p.add_argument("--layers", default="conv4,conv6")
-    p.add_argument("--cams", default=",".join(CAM_METHODS), help="comma list; empty for none")
-    p.add_argument("--batch-images", type=int, default=8)
-    p.add_argument("--lam", type=float, default=0.5, help="eq. 4 weight of the map distance")
-    p.add_argument("--linkage", default="ward", choices=concepts_mod.LINKAGES)
-    args = p.parse_args(argv)
-
-    from jinterp import train
-    from jinterp.data import parts_world_config
-
-    config = _load_config(args.config)
-    if not config.data.name.startswith("parts_world"):
-        raise ValueError(f"--config: the protocol needs PartsWorld part masks, got data {config.data.name!r}")
-    model, variables, step = train.restore_model(config, args.workdir)
-    data = train.load_split(config, config.train.eval_split, args.num_images)
-    pw_config = parts_world_config(config.data.name, **train.data_fields(config.data))
+    Returns:
+      :func:`evaluate_concepts`'s dict plus ``accuracy`` and ``wall_s``.
+    """
+    missing = [k for k in ("image", "label", "part_masks") if k not in data]
+    if missing:
+        raise ValueError(f"data: the protocol needs PartsWorld part masks; missing keys {missing}")
     logits, _ = model.apply(variables, jnp.asarray(data["image"], jnp.float32))
-    acc = float((np.asarray(logits).argmax(-1) == data["label"]).mean())
+    acc = float((np.asarray(logits).argmax(-1) == np.asarray(data["label"])).mean())
     t0 = time.perf_counter()
     result = evaluate_concepts(
         model,
@@ -417,29 +377,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         data["image"],
         data["label"],
         data["part_masks"],
-        [s.strip() for s in args.layers.split(",") if s.strip()],
+        layers,
         class_part_table(pw_config),
-        cam_methods=[s.strip() for s in args.cams.split(",") if s.strip()],
-        lam=args.lam,
-        linkage=args.linkage,
-        batch_images=args.batch_images,
-        progress=lambda s: print(s, flush=True),
+        cam_methods=cam_methods,
+        lam=lam,
+        linkage=linkage,
+        batch_images=batch_images,
+        progress=progress,
     )
-    wall = time.perf_counter() - t0
-    os.makedirs(args.out, exist_ok=True)
-    table = format_table(result)
-    table += (
-        f"\n\nModel {config.model.name} at step {step}, accuracy {acc:.3f} on these images, {wall:.0f} s.\n"
-    )
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table)
-    png = plot_curve(result, os.path.join(args.out, "iou_vs_complexity.png"))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({**result, "step": step, "accuracy": acc, "wall_s": wall}, f, indent=2, default=float)
-    print(table)
-    print(f"wrote {args.out}/table.md, {png}, results.json")
-    return result
-
-
-if __name__ == "__main__":
-    main()
+    return {**result, "accuracy": acc, "wall_s": time.perf_counter() - t0}
