@@ -1,4 +1,4 @@
-"""icCNN grouping / multi-category losses, on-device clustering, and the LOSSES registry."""
+"""icCNN grouping / multi-category losses, the LOSSES registry, spec strings and loss weights."""
 
 import chex
 import jax
@@ -6,11 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.metrics import adjusted_rand_score
 
 from jinterp import losses
-from jinterp.losses import clustering, grouping
+from jinterp.losses import grouping
 
 
 def planted_maps(key, b, h, w, groups, noise=0.05):
@@ -174,71 +173,6 @@ def test_multi_loss_code_activation_and_grads():
         check_grads(f, (x.astype(jnp.float64) + 0.1,), order=1, modes=("rev",), atol=1e-4, rtol=1e-4)
 
 
-# ------------------------------------------------------------------------------------------ clustering
-
-
-def block_affinity(sizes, key, within=1.8, across=0.9, noise=0.05):
-    labels = np.repeat(np.arange(len(sizes)), sizes)
-    a = np.where(labels[:, None] == labels[None], within, across)
-    a = a + noise * np.asarray(jax.random.uniform(key, a.shape))
-    perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(labels)))
-    a = a[perm][:, perm]
-    return (a + a.T) / 2, labels[perm]
-
-
-@pytest.mark.parametrize("sizes", [(10, 3, 8, 6, 5), pytest.param((5, 7, 4), marks=pytest.mark.slow)])
-def test_spectral_clustering_matches_sklearn(sizes):
-    a, truth = block_affinity(sizes, jax.random.key(len(sizes)))
-    ours = np.asarray(clustering.spectral_clustering(jnp.asarray(a), len(sizes), jax.random.key(0)))
-    ref = SpectralClustering(len(sizes), affinity="precomputed", random_state=21).fit(a).labels_
-    assert adjusted_rand_score(ref, ours) == 1.0
-    assert adjusted_rand_score(truth, ours) == 1.0
-
-
-def test_spectral_embedding_matches_sklearn_subspace():
-    from sklearn.manifold import spectral_embedding
-
-    a, _ = block_affinity((6, 5, 7), jax.random.key(9), noise=0.5)
-    ours = np.asarray(clustering.spectral_embedding(jnp.asarray(a, jnp.float32), 3), np.float64)
-    ref = spectral_embedding(a, n_components=3, drop_first=False, random_state=0)
-    # Same column space (eigenvector signs/rotations within the top-k space are arbitrary).
-    proj = ours @ np.linalg.lstsq(ours, ref, rcond=None)[0]
-    np.testing.assert_allclose(proj, ref, atol=1e-4)
-
-
-def test_kmeans_blobs_and_inertia_vs_sklearn():
-    key = jax.random.key(11)
-    centers = np.array([[0.0, 0.0], [5.0, 5.0], [0.0, 6.0], [6.0, -1.0]])
-    truth = np.repeat(np.arange(4), 25)
-    x = centers[truth] + 0.5 * np.asarray(jax.random.normal(key, (100, 2)))
-    res = clustering.kmeans(jnp.asarray(x), 4, jax.random.key(0))
-    assert adjusted_rand_score(truth, np.asarray(res.labels)) == 1.0
-    ref = KMeans(4, n_init=10, random_state=0).fit(x)
-    np.testing.assert_allclose(res.inertia, ref.inertia_, rtol=1e-4)
-    # Centroids are the means of their members.
-    for k in range(4):
-        np.testing.assert_allclose(res.centroids[k], x[np.asarray(res.labels) == k].mean(0), atol=1e-4)
-
-
-def test_kmeans_vmapped_with_duplicate_points():
-    x = jnp.concatenate([jnp.zeros((5, 3)), jnp.ones((5, 3))])  # 2 distinct points, k = 3
-    res = jax.vmap(lambda xi, k: clustering.kmeans(xi, 3, k))(
-        jnp.stack([x, x[::-1]]), jax.random.split(jax.random.key(1), 2)
-    )
-    assert np.all(np.isfinite(res.centroids)) and np.all(np.asarray(res.inertia) == 0.0)
-    for labels, truth in zip(
-        np.asarray(res.labels), (np.repeat([0, 1], 5), np.repeat([1, 0], 5)), strict=True
-    ):
-        assert len(set(labels[truth == 0]) & set(labels[truth == 1])) == 0  # never mixes the two points
-
-
-def test_clustering_bad_input():
-    with pytest.raises(ValueError, match="affinity"):
-        clustering.spectral_clustering(jnp.ones((3, 4)), 2, jax.random.key(0))
-    with pytest.raises(ValueError, match="k:"):
-        clustering.kmeans(jnp.ones((3, 2)), 5, jax.random.key(0))
-
-
 # ------------------------------------------------------------------------------------------ registry
 
 
@@ -277,6 +211,12 @@ def test_registry_get_for_backbone_and_errors():
     assert losses.for_backbone("sync", "vgg16", eps=0.05).eps == 0.05
     with pytest.raises(ValueError, match="spec"):
         losses.get("nope(layer='x')")
+    with pytest.raises(ValueError, match=r"unknown option 'num_group' for 'iccnn'.*'num_groups'"):
+        losses.get("iccnn(num_group=3)")
+    with pytest.raises(ValueError, match="literal"):
+        losses.get("sync(eps=__import__('os'))")
+    with pytest.raises(ValueError, match="keyword"):
+        losses.get("sync('conv5_3')")
     with pytest.raises(ValueError, match="num_classes"):
         losses.ICCNN(multi_weight=0.1)
     with pytest.raises(ValueError, match="conv5_3"):
@@ -323,7 +263,9 @@ def test_apply_all_specs_no_retrace_finite_grads():
         out["c4"] = out["c4"].at[..., 1].set(0.0)
         (value, (states, logs)), grads = step(out, labels, states)
         assert np.isfinite(value)
-        assert set(logs) == {"hiccnn/group", "hiccnn/multi", "hiccnn/hier", "sync/lac", "sync/sync"}
+        terms = {"hiccnn/group", "hiccnn/multi", "hiccnn/hier", "sync/lac", "sync/sync"}
+        assert set(logs) == terms | {"loss/hiccnn", "loss/sync"}
+        np.testing.assert_allclose(logs["loss/hiccnn"] + logs["loss/sync"], value, rtol=1e-6)
         expected = (
             logs["hiccnn/group"]
             + 0.1 * logs["hiccnn/multi"]
@@ -351,3 +293,69 @@ def test_hier_loss_stays_bounded_on_pre_activation_maps():
     assert -1.0 - 1e-5 <= float(value) <= 1e-6
     grad = jax.grad(lambda s: hierarchical.hier_loss(deep, s, groups, 2, subgroups, 3, center))(shallow)
     assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+def _two_specs():
+    rng = np.random.default_rng(0)
+    out = {
+        "conv2": jnp.asarray(rng.random((6, 4, 4, 8)), jnp.float32),
+        "conv1": jnp.asarray(rng.random((6, 8, 8, 4)), jnp.float32),
+    }
+    labels = jnp.asarray([0, 1, 0, 1, 1, 0])
+    shapes = {k: (1, *v.shape[1:]) for k, v in out.items()}
+    specs = (
+        losses.HICCNN(
+            layer="conv2",
+            shallow_layer="conv1",
+            num_groups=2,
+            num_subgroups=2,
+            weight=0.3,
+            multi_weight=0.2,
+            num_classes=2,
+            hier_weight=0.05,
+        ),
+        losses.Sync(layer="conv2", lac_weight=0.2, sync_weight=0.1),
+    )
+    return specs, out, labels, {spec.name: spec.init(shapes) for spec in specs}
+
+
+def test_loss_weights_reproduce_each_spec_value():
+    """Re-weighting a spec's unweighted logs by its own weight fields gives exactly its value."""
+    specs, out, labels, states = _two_specs()
+    weights = losses.loss_weights(specs)
+    assert weights == pytest.approx(
+        {
+            "hiccnn.weight": 0.3,
+            "hiccnn.multi_weight": 0.2,
+            "hiccnn.hier_weight": 0.05,
+            "sync.lac_weight": 0.2,
+            "sync.sync_weight": 0.1,
+        }
+    )
+    for spec in specs:
+        value, _, logs = jax.jit(spec.__call__)(out, labels, states[spec.name])
+        weighted = jax.jit(losses.weighted_loss, static_argnums=0)(spec, logs, weights)
+        assert float(weighted) == pytest.approx(float(value), rel=1e-5)
+
+
+def test_apply_with_weights_replaces_the_specs_own_weighting():
+    specs, out, labels, states = _two_specs()
+    apply = jax.jit(losses.apply, static_argnums=0)
+    total, _, logs = apply(specs, out, labels, states)
+    same, _, same_logs = apply(specs, out, labels, states, losses.loss_weights(specs))
+    np.testing.assert_allclose(same, total, rtol=1e-5)
+    assert set(same_logs) == set(logs)
+    # other numbers (e.g. one sweep point): the sum of each weight times its unweighted term
+    weights = {k: jnp.float32(i + 1) for i, k in enumerate(losses.loss_weights(specs))}
+    total, _, logs = apply(specs, out, labels, states, weights)
+    expected = {
+        "hiccnn": logs["hiccnn/group"] + 2 * logs["hiccnn/multi"] + 3 * logs["hiccnn/hier"],
+        "sync": 4 * logs["sync/lac"] + 5 * logs["sync/sync"],
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(logs[f"loss/{name}"], value, rtol=1e-5)
+    np.testing.assert_allclose(total, expected["hiccnn"] + expected["sync"], rtol=1e-5)
+    with pytest.raises(KeyError, match="sync.sync_weight"):
+        losses.apply(
+            specs, out, labels, states, {k: v for k, v in weights.items() if k != "sync.sync_weight"}
+        )

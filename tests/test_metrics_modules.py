@@ -133,33 +133,3 @@ def test_bad_inputs():
         jm.module_consistency(np.ones((2, 4, 4, 3), np.float32), n_modules=5)
     with pytest.raises(ValueError, match="part_labels"):
         jm.module_part_alignment([0, 1, 1], [0, 1])
-
-
-def test_plots_write_pngs(tmp_path):
-    from jinterp.metrics import plots
-
-    maps = _module_maps(n=4)
-    parts = np.zeros((4, 8, 8, 2), bool)
-    parts[:, :4, :4, 0] = True
-    parts[:, 4:, 4:, 1] = True
-    heat = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
-    obj = parts.any(-1)
-    idc = jm.inconsistency_diversity_curve(maps, parts, obj, taus=(0.3, 0.6))
-    pg = jm.energy_pointing_game(heat, obj)
-    imgs = np.ones((4, 8, 8, 3), np.float32)
-    dc = jm.perturbation_curve(lambda x: x.mean((1, 2)), imgs, heat, targets=np.zeros(4, np.int32))
-    lm = jm.landmark_metric_curves(
-        maps, np.full((4, 2, 2), 4.0, np.float32), (8, 8), radii=jnp.array([0.1, 0.5])
-    )
-    files = {
-        "idc.png": plots.plot_inconsistency_diversity({"a": idc, "b": idc}, tmp_path / "idc.png"),
-        "pg.png": plots.plot_pointing_curves({"m": pg}, tmp_path / "pg.png"),
-        "del.png": plots.plot_perturbation_curves({"m": dc}, tmp_path / "del.png"),
-        "lm.png": plots.plot_metric_pairs({"m": lm}, tmp_path / "lm.png"),
-        "tsne.png": plots.plot_tsne(maps, [0, 0, 0, 1, 1, 1], tmp_path / "tsne.png"),
-        "grid.png": plots.plot_heatmap_grid(imgs, {"m": heat}, tmp_path / "grid.png"),
-    }
-    for name in files:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="groups"):
-        plots.plot_tsne(maps, [0, 1])

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jinterp.data import parts_world as pw
+from jinterp.ops.resize import interp_matrix
 
 NAMES = ("parts_world", "parts_world_binary", "digits", "caltech_birds2011", "voc", "imagenet2012")
 # jinterp name -> (tfds name, number of classes)
@@ -157,7 +158,7 @@ class _DigitsSource:
         cut = int(0.8 * len(perm))
         sel = perm[:cut] if split == "train" else perm[cut:]
         # Bilinear upsampling of 8x8 with pixel-centre alignment: out = U @ img @ U^T.
-        u = _interp_matrix(8, image_size)
+        u = interp_matrix(8, image_size, compute_dtype="float32")
         grey = np.matmul(np.matmul(u, d.images[sel].astype(np.float32) / 16.0), u.T)
         self.image = np.repeat(np.clip(np.rint(grey * 255), 0, 255).astype(np.uint8)[..., None], 3, -1)
         self.object_mask = grey > 0.25
@@ -175,18 +176,6 @@ class _DigitsSource:
             "object_mask": mask,
             "bbox": pw.mask_bbox(mask),
         }
-
-
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear interpolation weights, pixel centres aligned, edges clamped."""
-    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w = (src - i0).astype(np.float32)
-    m = np.zeros((n_out, n_in), np.float32)
-    np.add.at(m, (np.arange(n_out), i0), 1 - w)
-    np.add.at(m, (np.arange(n_out), i1), w)
-    return m
 
 
 class _CatalogSource:

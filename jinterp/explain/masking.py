@@ -17,7 +17,9 @@ import numpy as np
 from jinterp.checks import check_choice
 from jinterp.explain import pipeline
 from jinterp.explain.registry import register
-from jinterp.losses.clustering import kmeans, spectral_clustering
+from jinterp.ops import resize
+from jinterp.ops.blur import gaussian_blur_reflect
+from jinterp.ops.clustering import kmeans, spectral_clustering
 
 
 def _channel_first(maps: jax.Array) -> jax.Array:
@@ -64,7 +66,7 @@ def score_cam_weights(model, variables, images, targets, maps, *, batch, score, 
     def body(carry):
         i, scores = carry
         idx = jax.lax.dynamic_slice(order, (i * b,), (b,))  # start clamped: a tail chunk recomputes
-        up = pipeline.upsample(flat[idx], size, align_corners)
+        up = resize.upsample(flat[idx], size, align_corners)
         lo, hi = up.min((1, 2), keepdims=True), up.max((1, 2), keepdims=True)
         masks = (up - lo) / (hi - lo + 1e-8)  # PGC score_cam.py epsilon
         logits, _ = pipeline.forward(model, variables, images[idx // c] * masks[..., None])
@@ -218,20 +220,6 @@ def ablation_cam(layer=None, batch: int = 128, score: str = "logit"):
 # --------------------------------------------------------------------------------------- Group-CAM
 
 
-def gaussian_blur(images: jax.Array, kernel: int, sigma: float) -> jax.Array:
-    """kornia ``gaussian_blur2d`` (separable, normalised kernel, reflect border) on (N, H, W, C)."""
-    x = np.arange(kernel, dtype=np.float64) - kernel // 2
-    if kernel % 2 == 0:
-        x = x + 0.5
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    g = jnp.asarray(g / g.sum(), images.dtype)
-    lo, hi = (kernel - 1) // 2, kernel // 2
-    padded = jnp.pad(images, ((0, 0), (lo, hi), (lo, hi), (0, 0)), mode="reflect")
-    h, w = images.shape[1:3]
-    rows = sum(g[i] * padded[:, i : i + h] for i in range(kernel))
-    return sum(g[i] * rows[:, :, i : i + w] for i in range(kernel))
-
-
 @register(
     "group_cam",
     needs_gradients=True,
@@ -272,7 +260,7 @@ def group_cam(
         layers = pipeline.resolve_layers(model, layer)
         _, maps, grads = feature_grads(model, variables, images, targets, layers)
         size = images.shape[1:3]
-        blurred = gaussian_blur(images, blur_kernel, blur_sigma)
+        blurred = gaussian_blur_reflect(images, blur_kernel, blur_sigma)
         base_logits, _ = pipeline.forward(model, variables, blurred)
         base = pipeline.softmax_score(base_logits, targets)
         heats = []
@@ -288,7 +276,7 @@ def group_cam(
 
             def mixed_score(pair, grouped=grouped, g=g):
                 i, j = pair // g, pair % g
-                up = pipeline.upsample(grouped[i, j], size)
+                up = resize.upsample(grouped[i, j], size)
                 lo, hi = up.min(), up.max()
                 scale = jnp.where(hi > lo, 1.0 / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
                 mask = (up - lo) * scale  # 0 for a constant map: mixed = blur, score 0
@@ -304,7 +292,7 @@ def group_cam(
             # the sum is taken at the layer's resolution and upsampled once (no (N, G, H, W) buffer).
             a = score * scale
             low = jnp.einsum("nghw,ng->nhw", grouped, a) - (a * lo).sum(1)[:, None, None]
-            heats.append(pipeline.minmax(jax.nn.relu(pipeline.upsample(low, size))))
+            heats.append(pipeline.minmax(jax.nn.relu(resize.upsample(low, size))))
         return pipeline.minmax(jnp.mean(jnp.stack(heats), axis=0))
 
     return fn
@@ -395,7 +383,7 @@ def _cluster_cam_details(
     onehot = jax.nn.one_hot(labels, clusters, dtype=maps.dtype)  # (N, C, Q)
     counts = onehot.sum(1)
     cluster_maps = jnp.einsum("nhwc,ncq->nqhw", maps, onehot) / jnp.maximum(counts, 1.0)[:, :, None, None]
-    up = pipeline.upsample(cluster_maps, size)
+    up = resize.upsample(cluster_maps, size)
     masks = pipeline.minmax(up, eps=1e-8) if normalize else up
 
     def masked_score(pair):

@@ -6,11 +6,10 @@ The order and epsilons reproduce pytorch-grad-cam (PGC) ``BaseCAM.compute_cam_pe
 ``INTER_LINEAR``); the layers are averaged and the mean is min-max scaled again. A constant or
 all-zero map becomes an all-zero heatmap (never NaN).
 
-Resizing is a pair of small interpolation matrices (one per axis), applied with ``einsum``: exact
-cv2/torch semantics for both ``align_corners`` conventions, and one GEMM on device.
+Resizing is :func:`jinterp.ops.resize.upsample`: a pair of small interpolation matrices (one per
+axis) applied with ``einsum``: exact cv2/torch semantics for both ``align_corners`` conventions.
 """
 
-import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -19,40 +18,9 @@ import numpy as np
 
 from jinterp.backbones import check_layers, layer_shapes, min_size, strip_perturbations, target_logit
 from jinterp.checks import check_choice, check_images, check_targets
+from jinterp.ops.resize import upsample
 
 EPS = 1e-7  # PGC scale_cam_image
-
-
-@functools.lru_cache(maxsize=128)
-def interp_matrix(n_in: int, n_out: int, align_corners: bool = False) -> np.ndarray:
-    """(n_out, n_in) linear-interpolation weights along one axis.
-
-    ``align_corners=False``: half-pixel centres, source ``(i + 0.5) * n_in / n_out - 0.5`` clamped
-    to ``[0, n_in - 1]`` (cv2 ``INTER_LINEAR``, torch ``align_corners=False``, jax.image 'linear'
-    when upsampling). ``align_corners=True``: source ``i * (n_in - 1) / (n_out - 1)`` (torch
-    ``nn.UpsamplingBilinear2d``, which PGC's Score-CAM uses for its masks).
-    """
-    i = np.arange(n_out, dtype=np.float64)
-    if align_corners:
-        src = i * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros_like(i)
-    else:
-        src = (i + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0.0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    m = np.zeros((n_out, n_in))
-    np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
-    np.add.at(m, (np.arange(n_out), hi), frac)
-    return m.astype(np.float32)
-
-
-def upsample(maps: jax.Array, size: tuple[int, int], align_corners: bool = False) -> jax.Array:
-    """Bilinear resize of (..., h, w) maps to (..., H, W)."""
-    h, w = maps.shape[-2:]
-    ry = jnp.asarray(interp_matrix(h, size[0], align_corners))
-    rx = jnp.asarray(interp_matrix(w, size[1], align_corners))
-    return jnp.einsum("Yh,...hw,Xw->...YX", ry, maps, rx, precision=jax.lax.Precision.HIGHEST)
 
 
 def minmax(x: jax.Array, axes: Sequence[int] = (-2, -1), eps: float = EPS) -> jax.Array:

@@ -9,11 +9,11 @@ A method is a factory that closes over its hyper-parameters and returns a pure f
     fn = get('score_cam(layer="conv5_3", batch=64)')     # factory(**options), options are literals
     heat = explain('grad_cam(layer="conv5_3")', model, variables, images, targets)  # jitted + cached
 
-Spec strings are parsed with :mod:`ast` (a bare name or a call with keyword arguments whose
-values are Python literals); nothing is ever evaluated.
+Spec strings are parsed with :mod:`ast` by :mod:`jinterp.ops.spec` (a bare name or a call with keyword
+arguments whose values are Python literals); nothing is ever evaluated. ``parse`` and ``format_spec``
+are that module's functions.
 """
 
-import ast
 import dataclasses
 import functools
 import inspect
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jinterp.checks import check_images, check_targets
+from jinterp.ops.spec import format_spec, parse, with_options
 
 ExplainFn = Callable[..., jax.Array]
 Count = int | Callable[..., int]
@@ -105,38 +106,6 @@ def register(
     return add if factory is None else add(factory)
 
 
-def parse(spec: str) -> tuple[str, dict[str, Any]]:
-    """``'score_cam(layer="conv5_3", batch=64)'`` -> ``("score_cam", {"layer": "conv5_3", "batch": 64})``.
-
-    Accepts a bare name or a call with keyword arguments whose values are literals (numbers,
-    strings, tuples/lists, None, booleans). Raises ValueError otherwise.
-    """
-    if not isinstance(spec, str):
-        raise ValueError(
-            f"spec: expected a string such as 'grad_cam(layer=\"conv5_3\")', got {type(spec).__name__}"
-        )
-    try:
-        node = ast.parse(spec.strip(), mode="eval").body
-    except SyntaxError as e:
-        raise ValueError(f"spec: cannot parse {spec!r}: {e.msg}") from e
-    if isinstance(node, ast.Name):
-        return node.id, {}
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-        raise ValueError(f"spec: expected 'name' or 'name(key=value, ...)', got {spec!r}")
-    if node.args:
-        raise ValueError(f"spec: options must be keyword arguments (key=value), got {spec!r}")
-    options = {}
-    for kw in node.keywords:
-        if kw.arg is None:
-            raise ValueError(f"spec: '**' is not allowed in {spec!r}")
-        try:
-            value = ast.literal_eval(kw.value)
-        except ValueError as e:
-            raise ValueError(f"spec: option {kw.arg!r} must be a literal in {spec!r}") from e
-        options[kw.arg] = tuple(value) if isinstance(value, list) else value
-    return node.func.id, options
-
-
 def method(spec: str) -> tuple[Method, dict[str, Any]]:
     """The registered :class:`Method` and its full (defaults filled in) options for ``spec``."""
     name, options = parse(spec)
@@ -151,22 +120,11 @@ def with_defaults(spec: str, **defaults) -> str:
 
     ``with_defaults('grad_cam', layer="conv4")`` -> ``'grad_cam(layer="conv4")'``; options the spec sets
     win, and options the method has no parameter for are dropped (``cam`` has no ``layer``: unchanged).
-    A value of None is treated as "no default".
+    A value of None is treated as "no default". (:func:`jinterp.ops.spec.with_options` with the
+    method's parameters as ``accepted``.)
     """
     m, _ = method(spec)
-    name, options = parse(spec)
-    accepted = m.options()
-    for key, value in defaults.items():
-        if value is not None and key not in options and key in accepted:
-            options[key] = value
-    return format_spec(name, options)
-
-
-def format_spec(name: str, options: dict[str, Any]) -> str:
-    """Inverse of :func:`parse`: ``format_spec(*parse(s))`` parses back to the same name and options."""
-    if not options:
-        return name
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+    return with_options(spec, accepted=m.options(), **defaults)
 
 
 def get(spec: str) -> ExplainFn:
@@ -220,3 +178,17 @@ def explain(spec: str, model, variables: dict, images: jax.Array, targets: jax.A
     check_images(images, min_size=int(getattr(model, "min_size", 1)))
     check_targets(targets, np.shape(images)[0], getattr(model, "num_classes", None))
     return fn(model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets))
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "explain",
+    "format_spec",
+    "get",
+    "jitted",
+    "method",
+    "parse",
+    "register",
+    "with_defaults",
+]

@@ -19,7 +19,9 @@ if spec.reclusters_at(epoch):
     state = spec.recluster(state, stats, key)           # spectral clustering on device
 ```
 
-Several specs at once: ``apply(specs, out, labels, states)`` with ``states = {spec.name: state}``.
+Several specs at once: ``apply(specs, out, labels, states)`` with ``states = {spec.name: state}``; with
+``weights=`` (``{"<name>.<field>": w}``, see :func:`loss_weights` and ``WEIGHT_FIELDS``) the terms are
+re-weighted by those numbers instead of the specs' own fields, so a sweep can vmap them.
 Specs without a between-epoch step (``sync``) return ``False`` from ``reclusters_at`` and their
 ``init_stats``/``update_stats``/``recluster`` are identities, so a trainer needs no special cases.
 
@@ -30,19 +32,22 @@ Before the first ``recluster`` the groups are contiguous channel blocks.
 Losses: ``iccnn`` (HICCNN eq. 1-6: lambda * L_group + beta * L_multi), ``hiccnn`` (adds gamma * L_hier,
 eq. 8-12; gamma = 0 is ICCNN, gamma = lambda = 0 a plain CNN), ``sync`` (TNNLS'24 eq. 3-10:
 lambda1 * L_lac + lambda2 * L_sync). Building blocks: :mod:`.grouping`, :mod:`.hierarchical`,
-:mod:`.sync`, :mod:`.clustering` (on-device k-means and spectral clustering, also used by Cluster-CAM).
+:mod:`.sync`, and :mod:`jinterp.ops.clustering` (on-device k-means and spectral clustering, shared with
+Cluster-CAM and the module metrics).
 """
 
-import ast
 import dataclasses
+from collections.abc import Mapping
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from jinterp.checks import check_choice
-from jinterp.losses import clustering, grouping, hierarchical, sync
+from jinterp.losses import grouping, hierarchical, sync
 from jinterp.losses.hierarchical import LAYER_PAIRS
+from jinterp.ops import clustering
+from jinterp.ops.spec import check_options, parse
 
 
 def _check_layers(spec, shapes: dict) -> None:
@@ -281,21 +286,16 @@ LOSSES = {"iccnn": ICCNN, "hiccnn": HICCNN, "sync": Sync}
 
 
 def get(spec: str):
-    """A loss from a spec string, e.g. ``'hiccnn(layer="conv5_3", num_groups=8)'`` or ``'sync'``."""
-    try:
-        node = ast.parse(spec.strip(), mode="eval").body
-    except SyntaxError as e:
-        raise ValueError(f"spec: expected 'name' or 'name(key=value, ...)', got {spec!r}") from e
-    if isinstance(node, ast.Name):
-        name, kwargs = node.id, {}
-    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
-        name, kwargs = node.func.id, {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
-    else:
-        raise ValueError(
-            f"spec: expected 'name' or 'name(key=value, ...)' with keyword literals, got {spec!r}"
-        )
+    """A loss from a spec string, e.g. ``'hiccnn(layer="conv5_3", num_groups=8)'`` or ``'sync'``.
+
+    Parsed by :func:`jinterp.ops.spec.parse` (literals only, nothing evaluated). Raises ValueError for
+    an unknown loss or an option that is not a field of it (naming the valid ones).
+    """
+    name, options = parse(spec)
     check_choice("spec", name, LOSSES)
-    return LOSSES[name](**kwargs)
+    fields = [f.name for f in dataclasses.fields(LOSSES[name])]
+    check_options("spec", name, options, fields)
+    return LOSSES[name](**options)
 
 
 def for_backbone(name: str, backbone: str, multi: bool = False, num_classes: int = 0, **overrides):
@@ -320,12 +320,55 @@ def for_backbone(name: str, backbone: str, multi: bool = False, num_classes: int
     return LOSSES[name](**{**kw, **overrides})
 
 
-def apply(specs, out: dict, labels: jax.Array, states: dict):
-    """Run several losses -> (summed value, {name: new state}, merged logs); ``states``: {name: state}."""
+# Log suffix of each unweighted term of a spec -> the spec field that weights it. A spec's value is
+# exactly sum_suffix spec.<field> * logs["<name>/<suffix>"] (checked in the tests), so a trainer can
+# recompute that sum with weights held as numbers in its state (vmappable over sweep points).
+WEIGHT_FIELDS = {
+    "group": "weight",
+    "multi": "multi_weight",
+    "hier": "hier_weight",
+    "lac": "lac_weight",
+    "sync": "sync_weight",
+}
+
+
+def loss_weights(specs) -> dict[str, float]:
+    """``{"<loss>.<field>": value}`` of every weight field of ``specs`` (the vmappable loss weights)."""
+    return {
+        f"{spec.name}.{field}": float(getattr(spec, field))
+        for spec in specs
+        for field in WEIGHT_FIELDS.values()
+        if hasattr(spec, field) and getattr(spec, field) is not None
+    }
+
+
+def weighted_loss(spec, logs: dict, weights: Mapping[str, jax.Array]) -> jax.Array:
+    """``sum_suffix weights["<name>.<field>"] * logs["<name>/<suffix>"]`` (the spec's value, re-weighted)."""
+    total = jnp.zeros((), jnp.float32)
+    for key, value in logs.items():
+        suffix = key.split("/", 1)[1]
+        if suffix not in WEIGHT_FIELDS:
+            raise ValueError(f"loss {spec.name!r}: log {key!r} has no weight field in losses.WEIGHT_FIELDS")
+        total = total + weights[f"{spec.name}.{WEIGHT_FIELDS[suffix]}"] * value
+    return total
+
+
+def apply(specs, out: dict, labels: jax.Array, states: dict, weights: Mapping[str, jax.Array] | None = None):
+    """Run several losses -> (summed value, {name: new state}, logs); ``states``: {name: state}.
+
+    Without ``weights`` each spec contributes its own value (its fields weight its terms); with
+    ``weights`` (``{"<name>.<field>": scalar}``, keys as :func:`loss_weights`) it contributes
+    :func:`weighted_loss` of its unweighted terms. ``logs`` holds, per spec, ``loss/<name>`` (its
+    weighted contribution) and its unweighted terms ``<name>/<term>``.
+    """
     total, new_states, logs = jnp.zeros((), jnp.float32), {}, {}
     for spec in specs:
         value, new_states[spec.name], spec_logs = spec(out, labels, states[spec.name])
-        total, logs = total + value, {**logs, **spec_logs}
+        if weights is not None:
+            value = weighted_loss(spec, spec_logs, weights)
+        total = total + value
+        logs[f"loss/{spec.name}"] = value
+        logs.update(spec_logs)
     return total, new_states, logs
 
 
@@ -334,12 +377,14 @@ __all__ = [
     "ICCNN",
     "LAYER_PAIRS",
     "LOSSES",
+    "WEIGHT_FIELDS",
     "Sync",
     "apply",
-    "clustering",
     "for_backbone",
     "get",
     "grouping",
     "hierarchical",
+    "loss_weights",
     "sync",
+    "weighted_loss",
 ]

@@ -27,7 +27,8 @@ Layer pairs (shallow, deep) per backbone are HICCNN §4 (``LAYER_PAIRS``).
 import jax
 import jax.numpy as jnp
 
-from jinterp.losses import clustering, grouping
+from jinterp.losses import grouping
+from jinterp.ops import clustering
 
 # HICCNN §4: "conv4-2 and conv5-2 layer in VGG-13 and ResNet-18, conv4-3 and conv5-3 layer in VGG-16,
 # the third dense block and final dense block in DenseNet-121". ResNet conv4-2/conv5-2 are the last

@@ -50,7 +50,10 @@ def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Bilinear resize of (N, h, w, C) maps to (N, H, W, C).
 
     ``jax.image.resize`` uses half-pixel centres, i.e. torch's ``interpolate(mode="bilinear",
-    align_corners=False)`` used by Network Dissection / CSGCNN when upsampling.
+    align_corners=False)`` used by Network Dissection / CSGCNN when upsampling. The same interpolation
+    as :func:`jinterp.ops.resize.upsample` (the CAM pipeline's), but not bitwise: jax.image normalises
+    float32 kernel weights on device (differences up to ~1e-6 at e.g. 7 -> 224), and the metrics
+    threshold these maps, so they keep this implementation.
     """
     n, h, w, c = maps.shape
     if (h, w) == tuple(size):

@@ -19,14 +19,11 @@ import numpy as np
 
 from jinterp.checks import check_images, check_same_shape, check_targets
 from jinterp.metrics._common import check_maps
+from jinterp.ops.blur import gaussian_blur_edge
 
 
 def _probs_fn(apply_fn):
     return lambda x: jax.nn.softmax(apply_fn(x[None])[0].astype(jnp.float32))
-
-
-def _resolve_targets(p, targets):
-    return jnp.argmax(p, -1) if targets is None else targets
 
 
 @partial(jax.jit, static_argnames=("apply_fn", "batch_size", "has_targets"))
@@ -96,19 +93,8 @@ def confidence_change(
     )
 
 
-def gaussian_blur(images: jax.Array, sigma: float = 5.0, size: int = 11) -> jax.Array:
-    """Separable Gaussian blur of (N, H, W, C) images, edge padding (RISE's substrate: 11 px, σ=5)."""
-    r = size // 2
-    x = jnp.arange(-r, r + 1, dtype=jnp.float32)
-    k = jnp.exp(-(x**2) / (2.0 * sigma**2))
-    k = k / k.sum()
-    c = images.shape[-1]
-    pad = jnp.pad(images, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
-    dn = ("NHWC", "HWIO", "NHWC")
-    ky = jnp.tile(k[:, None, None, None], (1, 1, 1, c))
-    kx = jnp.tile(k[None, :, None, None], (1, 1, 1, c))
-    out = jax.lax.conv_general_dilated(pad, ky, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
-    return jax.lax.conv_general_dilated(out, kx, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
+# RISE's blur substrate (edge border), exported as ``jinterp.metrics.gaussian_blur``.
+gaussian_blur = gaussian_blur_edge
 
 
 @partial(
@@ -137,7 +123,7 @@ def _curve(
     flat = heatmaps.reshape(n, h * w)
     order = jnp.argsort(-flat if morf else flat, axis=-1, stable=True)
     ranks = jnp.argsort(order, axis=-1).reshape(n, h, w)
-    substrate = gaussian_blur(images, sigma) if blur else jnp.full_like(images, constant)
+    substrate = gaussian_blur_edge(images, sigma) if blur else jnp.full_like(images, constant)
     counts = jnp.minimum(jnp.arange(n_steps + 1) * pps, h * w)
 
     def score(idx):

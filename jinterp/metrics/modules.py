@@ -1,7 +1,7 @@
 """Functional modules of a layer's filters (seed 002 §IV-E): module consistency, module–part alignment
 (NMI / ARI / AVI) and Taylor-pruning redundancy.
 
-Spectral clustering runs in JAX (``jinterp.losses.clustering``, shared with icCNN grouping and
+Spectral clustering runs in JAX (``jinterp.ops.clustering``, shared with icCNN grouping and
 Cluster-CAM), vmapped over images, so per-image clustering of a whole
 data set is one compiled program instead of N scikit-learn calls.
 """
@@ -14,14 +14,14 @@ import numpy as np
 from sklearn import metrics as skm
 
 from jinterp.checks import check_images, check_targets
-from jinterp.losses.clustering import spectral_clustering
 from jinterp.metrics._common import check_maps, chunked_map, chunked_sum
+from jinterp.ops.clustering import spectral_clustering
 
 
 def spectral_labels(similarity: jax.Array, n_clusters: int, seed: int = 0) -> jax.Array:
     """Spectral clustering of a (C, C) non-negative similarity matrix -> (C,) labels.
 
-    The shared on-device implementation (:func:`jinterp.losses.clustering.spectral_clustering`, sklearn's
+    The shared on-device implementation (:func:`jinterp.ops.clustering.spectral_clustering`, sklearn's
     ``SpectralClustering(affinity='precomputed')``) with a fixed key, so labels are reproducible. Pure
     and jittable; vmap it over a batch of similarity matrices.
     """

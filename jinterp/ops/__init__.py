@@ -1,5 +1,6 @@
 """Shared numerics with no domain (clustering, resize, spec strings) and the Markdown table writer."""
 
+from jinterp.ops import blur, clustering, resize, spec
 from jinterp.ops.table import format_cell, markdown_table
 
-__all__ = ["format_cell", "markdown_table"]
+__all__ = ["blur", "clustering", "format_cell", "markdown_table", "resize", "spec"]
