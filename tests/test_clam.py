@@ -7,7 +7,8 @@ import pytest
 
 import jinterp as ji
 from jinterp.explain import clam as C
-from jinterp.losses.clam import balanced_contrastive_loss, intrinsic_class_patterns
+from jinterp.explain.clam import fitting, layers
+from jinterp.explain.clam.bcl import balanced_contrastive_loss, intrinsic_class_patterns
 
 
 def test_bcl_matches_eq4_eq5_and_prefers_separated_distances():
@@ -66,9 +67,9 @@ def test_layer_mask_bumps_the_best_patch_of_each_attribute():
 
 def test_gate_scales_the_cotangent_only():
     x, m = jnp.arange(4.0), jnp.array([1.0, 2.0, 0.5, 3.0])
-    np.testing.assert_array_equal(C._gate(x, m), x)
+    np.testing.assert_array_equal(layers._gate(x, m), x)
     np.testing.assert_allclose(
-        jax.grad(lambda v: (C._gate(v, m) * jnp.arange(1.0, 5.0)).sum())(x), m * jnp.arange(1.0, 5.0)
+        jax.grad(lambda v: (layers._gate(v, m) * jnp.arange(1.0, 5.0)).sum())(x), m * jnp.arange(1.0, 5.0)
     )
 
 
@@ -102,7 +103,7 @@ def test_fit_orders_layers_from_the_output_and_separates_positive_from_negative(
     untrained = C.Clam((), (), trained.icp, "lrp")
     composite = ji.explain.rules.composite(C.ALPHA1_BETA0)
     x, y = jnp.asarray(images), jnp.asarray(labels)
-    feats, rel = C._layer_inputs(model, variables, untrained, x, y, "conv6", composite)
+    feats, rel = fitting._layer_inputs(model, variables, untrained, x, y, "conv6", composite)
     patches = C.top_patches(feats, rel, trained.configs[0])
     icp = trained.icp[:, :3, :3]
     d_pos = C.paired_distances(trained.params[0], patches, icp[labels]).mean()
@@ -126,10 +127,12 @@ def test_unit_strength_leaves_the_base_relevance_unchanged(tiny):
 
 def test_save_load_registry_and_examples(tiny, tmp_path):
     model, variables, images, labels, trained = tiny
-    path = str(tmp_path / "clam.npz")
+    path = str(tmp_path / "clam")
     C.save(trained, path)
+    C.save(trained, path)  # replaces
     loaded = C.load(path)
-    assert loaded.configs == trained.configs
+    assert loaded.configs == trained.configs and loaded.base == trained.base
+    jax.tree.map(np.testing.assert_array_equal, loaded, trained)  # same tree, same arrays
     x, y = jnp.asarray(images[:4]), jnp.asarray(labels[:4])
     heat = ji.explain.explain(f'clam(checkpoint="{path}")', model, variables, x, y)
     expected = ji.explain.lrp.to_heatmap(C.relevance(model, variables, trained, x, y))
@@ -157,5 +160,19 @@ def test_bad_inputs(tiny):
         )
     with pytest.raises(ValueError, match=r"configs.*'conv9'"):
         C.fit(model, variables, images, labels, [C.ClaLayerConfig("conv9")], key=jax.random.key(0))
-    with pytest.raises(ValueError, match="checkpoint"):
-        C.load("/nonexistent/clam.npz")
+
+
+def test_missing_empty_or_garbage_checkpoint_names_the_path(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "config").mkdir()
+    (garbage / "config" / "metadata").write_text("{not json")
+    junk_file = tmp_path / "clam.npz"
+    junk_file.write_bytes(b"\x00junk")
+    for path in (tmp_path / "missing", empty, garbage, junk_file):
+        with pytest.raises(ValueError, match=f"checkpoint: .*{path.name}"):
+            C.load(str(path))
+        with pytest.raises(ValueError, match=f"checkpoint: .*{path.name}"):
+            ji.explain.get(f'clam(checkpoint="{path}")')

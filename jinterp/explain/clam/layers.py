@@ -1,45 +1,24 @@
-"""CLAM: class-wise layer-wise attribute layers that refine LRP relevance (seed 003).
+"""CLA-layers (seed 003 §3.1-3.2, 3.4): attribute distances, relevance masks, gated LRP propagation.
 
-A CLA-layer is attached to one tapped layer ``l`` of a frozen classifier (§3.1-3.2). It sees
-P x P sub-features of that layer's map, normalised per position, with the class's Intrinsic Class
-Pattern appended as one more channel; an add-on block of two 1x1 convolutions maps them to
-``S'``; ``N`` learned attributes (``a x a x D'``, ``a < P``) are compared with every ``a x a``
-window of ``S'`` by squared L2 distance per channel (eq. 2-3). Training (§3.3, eq. 1-5) takes,
-for each image, the ``N`` patches where the explainer's relevance at ``l`` is highest, and pushes
-distances down for the true class's ICP and up for a wrong class's ICP (balanced contrastive
-loss, :mod:`jinterp.losses.clam`). Layers are trained one after another from the output side,
-each on relevance already refined by the layers above it.
-
-At explanation time (§3.4) each attribute picks the patch of the test map whose distance is
-smallest; a P x P multiplicative mask (``strength`` at the centre, decaying to 1 at the border)
-is placed there and the relevance arriving at ``l`` is multiplied by it before being propagated
-further down. The distance profiles of the chosen patches also retrieve the training images
-nearest to the explanation (example-based explanation, Fig. 4).
-
-Our readings where the paper is silent are stated where they apply: normalisation before the
-ICP is appended, a sigmoid closing the add-on block (as ProtoPNet's), masks of several
-attributes combined by maximum (overlapping picks are "redundant", §4.2.2), and patch selection
-by the minimum mean distance over windows, channels and attributes' own windows.
+A CLA-layer sees P x P sub-features of one tapped layer's map, normalised per position, with the
+class's Intrinsic Class Pattern appended as one more channel; an add-on block of two 1x1
+convolutions maps them to ``S'``; ``N`` learned attributes are compared with every ``a x a`` window
+of ``S'`` by squared L2 distance per channel (eq. 2-3). At explanation time each attribute picks the
+patch whose distance is smallest, and a multiplicative bump there scales the relevance arriving at
+the layer before it is propagated further down (:func:`relevance`).
 """
 
 import dataclasses
 import functools
-import json
-import os
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jinterp.backbones import check_layers, layer_names, min_size
+from jinterp.backbones import min_size
 from jinterp.checks import check_images, check_targets
-from jinterp.explain import lrp as lrp_lib
-from jinterp.explain import rules
-from jinterp.explain.registry import register
-from jinterp.losses.clam import balanced_contrastive_loss, intrinsic_class_patterns
+from jinterp.explain import lrp, rules
 
 # Seed 003 §4.3: every LRP variant it reports uses LRP-alpha-beta with alpha=1, beta=0.
 ALPHA1_BETA0 = {
@@ -239,139 +218,12 @@ def base_relevance(model, variables, images, targets, base="clrp", composite=ALP
     (``jinterp.explain.lrp.contrastive_relevance``), whose layer relevance is the target pass's.
     """
     comp = rules.composite(composite)
-    logits, _, backward = lrp_lib.forward(model, variables, images, comp, layers)
+    logits, _, backward = lrp.forward(model, variables, images, comp, layers)
     if base == "lrp":
-        return backward(lrp_lib.logit_init(logits, targets))
-    target_init, dual_init = lrp_lib.contrastive_inits(logits, targets, base)
+        return backward(lrp.logit_init(logits, targets))
+    target_init, dual_init = lrp.contrastive_inits(logits, targets, base)
     (a_t, layer_t), (a_d, _) = backward(target_init), backward(dual_init)
-    return lrp_lib.rescaled_difference(a_t, a_d), layer_t
-
-
-@functools.partial(jax.jit, static_argnames=("model", "layer", "composite"))
-def _layer_inputs(model, variables, trained, images, targets, layer, composite):
-    """Features at ``layer`` and the relevance arriving there, refined by the ``trained`` layers."""
-    with _gating(trained, targets):
-        _, relevance = base_relevance(model, variables, images, targets, trained.base, composite, (layer,))
-    _, out = model.apply(variables, images)
-    return out[layer], relevance[layer]
-
-
-def top_patches(features: jax.Array, relevance: jax.Array, config: ClaLayerConfig) -> jax.Array:
-    """Eq. (1): the N patches of highest average relevance (channel max, P x P average pool).
-
-    features, relevance (B, h, w, C) -> (B, N, P, P, C).
-    """
-    p = config.patch
-    r2d = relevance.max(axis=-1, keepdims=True)
-    pooled = nn.avg_pool(r2d, (p, p), (1, 1))[..., 0]  # (B, h-P+1, w-P+1)
-    _, idx = jax.lax.top_k(pooled.reshape(pooled.shape[0], -1), config.num_attributes)
-    origins = jnp.stack([idx // pooled.shape[2], idx % pooled.shape[2]], -1)
-    return jax.vmap(extract_patches, in_axes=(0, 0, None))(features, origins, p)
-
-
-def _loss(params, config, patches, icp_pos, icp_neg):
-    d_pos = paired_distances(params, patches, icp_pos)
-    d_neg = paired_distances(params, patches, icp_neg)
-    return balanced_contrastive_loss(d_pos, d_neg, config.alpha, config.beta).mean(), d_pos.mean()
-
-
-def fit(
-    model: nn.Module,
-    variables: dict,
-    images: np.ndarray,
-    labels: np.ndarray,
-    configs: Sequence[ClaLayerConfig],
-    *,
-    key: jax.Array,
-    base: str = "clrp",
-    composite=ALPHA1_BETA0,
-    epochs: int = 100,
-    batch_size: int = 32,
-    patience: int = 5,
-    relevance_batch: int = 32,
-    log=None,
-) -> Clam:
-    """Train CLA-layers one after another, output side first (seed 003 §3.3, A.1).
-
-    Each layer: relevance at its tap (refined by the layers already trained), top-N patches per
-    image (eq. 1), Adam with lr ``0.01 * A / 2`` decayed by 0.95 per epoch, at most ``epochs``
-    epochs, early stopping when the mean positive distance has not improved for ``patience``.
-
-    Args:
-      model, variables: the frozen classifier.
-      images, labels: training set (N, H, W, 3) normalised, (N,) int.
-      configs: one per CLA-layer, in any order (sorted here by depth, output side first).
-      key: PRNG key (initialisation, negative classes, shuffling).
-      base: explainer whose relevance selects the patches: ``lrp``, ``clrp`` or ``sglrp``.
-      composite: LRP composite (default alpha1-beta0 everywhere, as in seed 003 §4.3).
-      log: optional ``log(layer, epoch, loss, positive_distance)`` callback.
-    """
-    num_classes = int(model.num_classes)
-    check_images(images, min_size=min_size(model))
-    check_targets(labels, len(images), num_classes, "labels")
-    if base not in BASES:
-        raise ValueError(f"base: unknown value {base!r}; expected one of {list(BASES)}")
-    order = {name: i for i, name in enumerate(layer_names(model))}
-    check_layers(model, [c.layer for c in configs], "configs")
-    configs = tuple(sorted(configs, key=lambda c: -order[c.layer]))
-    composite = rules.composite(composite)
-    p_max = max(c.patch for c in configs)
-    trained = Clam((), (), intrinsic_class_patterns(num_classes, p_max), base)
-    labels = np.asarray(labels, np.int32)
-    for i, config in enumerate(configs):
-        chunks = []
-        for s in range(0, len(images), relevance_batch):
-            x, y = jnp.asarray(images[s : s + relevance_batch]), jnp.asarray(labels[s : s + relevance_batch])
-            feats, rel = _layer_inputs(model, variables, trained, x, y, config.layer, composite)
-            chunks.append(top_patches(feats, rel, config))
-        patches = jnp.concatenate(chunks)
-        key, init_key = jax.random.split(key)
-        params = init_layer(init_key, config, patches.shape[-1])
-        params, _ = _train_layer(
-            params, config, patches, labels, trained.icp, key, epochs, batch_size, patience, log
-        )
-        trained = Clam(configs[: i + 1], trained.params + (params,), trained.icp, base)
-    return trained
-
-
-def _train_layer(params, config, patches, labels, icp_all, key, epochs, batch_size, patience, log):
-    n = patches.shape[0]
-    k = icp_all.shape[0]
-    steps = max(n // batch_size, 1)
-    schedule = optax.exponential_decay(0.01 * config.attr / 2, steps, 0.95, staircase=True)
-    opt = optax.adam(schedule)
-    opt_state = opt.init(params)
-    icp = icp_all[:, : config.patch, : config.patch]
-
-    @jax.jit
-    def step(params, opt_state, idx, offsets):
-        y = jnp.asarray(labels)[idx]
-        (loss, d_pos), grads = jax.value_and_grad(_loss, has_aux=True)(
-            params, config, patches[idx], icp[y], icp[(y + offsets) % k]
-        )
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, d_pos
-
-    best, best_params, waited = np.inf, params, 0
-    for epoch in range(epochs):
-        key, perm_key, neg_key = jax.random.split(key, 3)
-        perm = jax.random.permutation(perm_key, n)[: steps * batch_size].reshape(steps, -1)
-        offsets = jax.random.randint(neg_key, perm.shape, 1, k)  # wrong class = y + offset mod K
-        losses, dists = [], []
-        for s in range(steps):
-            params, opt_state, loss, d_pos = step(params, opt_state, perm[s], offsets[s])
-            losses.append(loss)
-            dists.append(d_pos)
-        d = float(jnp.mean(jnp.stack(dists)))
-        if log is not None:
-            log(config.layer, epoch, float(jnp.mean(jnp.stack(losses))), d)
-        if d < best - 1e-6:
-            best, best_params, waited = d, params, 0
-        else:
-            waited += 1
-            if waited >= patience:
-                break
-    return best_params, best
+    return lrp.rescaled_difference(a_t, a_d), layer_t
 
 
 @functools.partial(jax.jit, static_argnames=("model", "composite"))
@@ -420,51 +272,3 @@ def nearest_examples(query: dict, bank: dict, k: int = 5) -> dict[str, jax.Array
         bn = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
         result[layer] = jax.lax.top_k(qn @ bn.T, k)[1]
     return result
-
-
-def save(clam: Clam, path: str) -> None:
-    """Write a trained CLAM to ``path`` (.npz with a JSON header; no pickle)."""
-    arrays = {"icp": np.asarray(clam.icp)}
-    for i, params in enumerate(clam.params):
-        arrays.update({f"layer{i}/{k}": np.asarray(v) for k, v in params.items()})
-    meta = {"base": clam.base, "configs": [dataclasses.asdict(c) for c in clam.configs]}
-    np.savez(path, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-
-
-def load(path: str) -> Clam:
-    """Read a CLAM written by :func:`save`."""
-    if not os.path.exists(path):
-        raise ValueError(
-            f"checkpoint: no CLAM file at {path!r}; train one with jinterp.explain.clam.fit and save()"
-        )
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(bytes(data["__meta__"]).decode())
-        configs = tuple(ClaLayerConfig(**c) for c in meta["configs"])
-        params = tuple(
-            {k.split("/", 1)[1]: jnp.asarray(data[k]) for k in data.files if k.startswith(f"layer{i}/")}
-            for i in range(len(configs))
-        )
-        return Clam(configs, params, jnp.asarray(data["icp"]), meta["base"])
-
-
-def clam(checkpoint: str, composite=ALPHA1_BETA0):
-    """Registry factory: CLAM-refined relevance heatmaps from a CLAM saved with :func:`save`.
-
-    The heatmap is the positive part of the channel-summed input relevance scaled per image to
-    [0, 1] (``jinterp.explain.lrp.to_heatmap``).
-    """
-    trained = load(checkpoint)
-    # spec options arrive hashable: a {kind: rule} dict as a tuple of pairs
-    comp = rules.composite(dict(composite) if isinstance(composite, tuple) else composite)
-
-    def fn(model, variables, images, targets):
-        return lrp_lib.to_heatmap(_explain(model, variables, trained, images, targets, comp))
-
-    return fn
-
-
-register(
-    "clam", clam, needs_gradients=True, forward_passes=1,
-    backward_passes=lambda checkpoint: 1 if load(checkpoint).base == "lrp" else 2,
-    doc="CLAM (seed 003): LRP / CLRP / SGLRP relevance refined by trained class-wise layer-wise attributes",
-)  # fmt: skip
