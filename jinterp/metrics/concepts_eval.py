@@ -193,6 +193,41 @@ def evaluate_concepts(
       never present), ``curves`` {"CRP-k": [(complexity, IoU)], "concise-k": [...]}, ``num_images``,
       ``num_neurons``, ``layers``, ``parts`` and ``seconds`` {stage: wall time}.
     """
+    images, labels, masks, layers, class_parts = _check_inputs(
+        model, images, labels, part_masks, layers, class_parts, crp_ks, batch_images
+    )
+    n, n_parts = len(images), masks.shape[1]
+    parts = PART_NAMES if n_parts == len(PART_NAMES) else tuple(f"part{i}" for i in range(n_parts))
+    present = masks.any((2, 3)) & class_parts[labels]  # features that count (DCNE: annotated)
+    seconds = {"crp": 0.0, "iou": 0.0, "clustering": 0.0, "cams": 0.0}
+    fixed = sorted({int(c) for c in concept_counts})
+    runs = [("concise", tuple(k_range))] + [(f"concise-{c}", (c, c)) for c in fixed]
+    opts = dict(layers=layers, cam_methods=cam_methods, crp_ks=crp_ks, runs=runs, composite=composite)
+    opts.update(crp_batch=crp_batch, thresholds=thresholds, lam=lam, linkage=linkage, seconds=seconds)
+    best, complexity = {}, {}  # method -> list of (T, b, P) chunks / of per-image map counts
+    for start in range(0, n, batch_images):
+        stop = min(start + batch_images, n)
+        x = _pad(images[start:stop], batch_images)
+        y = _pad(labels[start:stop], batch_images).astype(np.int32)
+        chunk, n_ch = _chunk_scores(model, variables, x, y, stop - start, masks[start:stop], **opts)
+        for name, (scores, sizes) in chunk.items():
+            best.setdefault(name, []).append(scores)
+            complexity.setdefault(name, []).extend(sizes)
+        if progress is not None:
+            progress(f"{stop}/{n} images; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    rows = _rows(best, complexity, present, masks, parts, thresholds)
+    curves = {
+        "CRP-k": [(rows[_crp_name(k, n_ch)]["complexity"], rows[_crp_name(k, n_ch)]["best"]) for k in crp_ks],
+        "concise-k": [(rows[f"concise-{c}"]["complexity"], rows[f"concise-{c}"]["best"]) for c in fixed],
+    }
+    defining = [p for p, used in zip(parts, class_parts[labels].any(0), strict=True) if used]
+    out = {"rows": rows, "curves": curves, "num_images": n, "num_neurons": n_ch, "layers": layers}
+    return {**out, "parts": parts, "defining_parts": defining, "seconds": seconds}
+
+
+def _check_inputs(model, images, labels, part_masks, layers, class_parts, crp_ks, batch_images):
+    """Checked arguments of :func:`evaluate_concepts`: images, labels, (N, P, H, W) masks, layers,
+    class_parts."""
     images = np.asarray(images, np.float32)
     check_images(images, min_size=int(getattr(model, "min_size", 1)))
     n, h, w, _ = images.shape
@@ -218,69 +253,80 @@ def evaluate_concepts(
             raise ValueError(f"crp_ks: expected positive ints or None (all channels), got {k}")
     if batch_images < 1:
         raise ValueError(f"batch_images: expected >= 1, got {batch_images}")
-    parts = PART_NAMES if n_parts == len(PART_NAMES) else tuple(f"part{i}" for i in range(n_parts))
-    masks = np.moveaxis(part_masks, -1, 1)  # (N, P, H, W)
-    present = masks.any((2, 3)) & class_parts[labels]  # features that count (DCNE: annotated)
-    seconds = {"crp": 0.0, "iou": 0.0, "clustering": 0.0, "cams": 0.0}
+    return images, labels, np.moveaxis(part_masks, -1, 1), layers, class_parts
 
-    fixed = sorted({int(c) for c in concept_counts})
-    best = {}  # method -> list of (T, b, P) chunks
 
-    def add(name, value):
-        best.setdefault(name, []).append(value)
+def _chunk_scores(
+    model,
+    variables,
+    x,
+    y,
+    b,
+    masks,
+    *,
+    layers,
+    cam_methods,
+    crp_ks,
+    runs,
+    composite,
+    crp_batch,
+    thresholds,
+    lam,
+    linkage,
+    seconds,
+) -> tuple[dict, int]:
+    """One padded chunk of images ``x`` / targets ``y`` (the first ``b`` real, ``masks`` (b, P, H, W)):
+    ``({method: ((T, b, P) max-over-maps IoU, [maps per image])}, channels)``; adds to ``seconds``."""
+    t0 = time.perf_counter()
+    maps, rels, neurons = crp_all_channels(model, variables, x, y, layers, composite, crp_batch)
+    maps, rels = maps[:b], rels[:b]
+    seconds["crp"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cams = [
+        np.asarray(explain(_cam_spec(name, layer), model, variables, x, y))[:b]
+        for name in cam_methods
+        for layer in layers
+    ]
+    seconds["cams"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    all_maps = np.concatenate([maps, np.stack(cams, 1)], 1) if cams else maps
+    iou = per_map_iou(all_maps, masks, thresholds)  # (T, b, M, P)
+    seconds["iou"] += time.perf_counter() - t0
+    n_ch = maps.shape[1]
+    crp_iou, cam_iou = iou[:, :, :n_ch], iou[:, :, n_ch:]
+    out = {}
+    # CRP-k: top-k by relevance, so a cumulative max along the relevance order.
+    order = np.argsort(-rels, axis=1, kind="stable")
+    cum = np.fmax.accumulate(np.take_along_axis(crp_iou, order[None, :, :, None], axis=2), axis=2)
+    for k in crp_ks:
+        kk = n_ch if k is None else min(int(k), n_ch)
+        out[_crp_name(k, n_ch)] = (cum[:, :, kk - 1], [kk] * b)
+    for j, name in enumerate(cam_methods):
+        block = cam_iou[:, :, j * len(layers) : (j + 1) * len(layers)]
+        out[f"{name}[{layers[-1]}]"] = (block[:, :, -1], [1] * b)
+        if len(layers) > 1:
+            out[f"{name}[{','.join(layers)}]"] = (np.fmax.reduce(block, axis=2), [len(layers)] * b)
+    t0 = time.perf_counter()
+    for name, kr in runs:
+        out[name] = _concise_scores(maps, rels, neurons, crp_iou, kr, lam, linkage)
+    seconds["clustering"] += time.perf_counter() - t0
+    return out, n_ch
 
-    complexity = {}
-    for start in range(0, n, batch_images):
-        stop = min(start + batch_images, n)
-        b = stop - start
-        x = _pad(images[start:stop], batch_images)
-        y = _pad(labels[start:stop], batch_images).astype(np.int32)
-        t0 = time.perf_counter()
-        maps, rels, neurons = crp_all_channels(model, variables, x, y, layers, composite, crp_batch)
-        maps, rels = maps[:b], rels[:b]
-        seconds["crp"] += time.perf_counter() - t0
-        cams = []
-        t0 = time.perf_counter()
-        for name in cam_methods:
-            for layer in layers:
-                cams.append(np.asarray(explain(_cam_spec(name, layer), model, variables, x, y))[:b])
-        seconds["cams"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        all_maps = np.concatenate([maps, np.stack(cams, 1)], 1) if cams else maps
-        iou = per_map_iou(all_maps, masks[start:stop], thresholds)  # (T, b, M, P)
-        seconds["iou"] += time.perf_counter() - t0
-        n_ch = maps.shape[1]
-        crp_iou, cam_iou = iou[:, :, :n_ch], iou[:, :, n_ch:]
-        # CRP-k: top-k by relevance, so a cumulative max along the relevance order.
-        order = np.argsort(-rels, axis=1, kind="stable")
-        cum = np.fmax.accumulate(np.take_along_axis(crp_iou, order[None, :, :, None], axis=2), axis=2)
-        for k in crp_ks:
-            kk = n_ch if k is None else min(int(k), n_ch)
-            add(_crp_name(k, n_ch), cum[:, :, kk - 1])
-            complexity.setdefault(_crp_name(k, n_ch), []).extend([kk] * b)
-        for j, name in enumerate(cam_methods):
-            block = cam_iou[:, :, j * len(layers) : (j + 1) * len(layers)]
-            add(f"{name}[{layers[-1]}]", block[:, :, -1])
-            complexity.setdefault(f"{name}[{layers[-1]}]", []).extend([1] * b)
-            if len(layers) > 1:
-                key = f"{name}[{','.join(layers)}]"
-                add(key, np.fmax.reduce(block, axis=2))
-                complexity.setdefault(key, []).extend([len(layers)] * b)
-        t0 = time.perf_counter()
-        runs = [("concise", tuple(k_range))] + [(f"concise-{c}", (c, c)) for c in fixed]
-        for name, kr in runs:
-            rows = []
-            for i in range(b):
-                hi = min(kr[1], n_ch - 1)
-                c = concepts_mod.cluster(maps[i], rels[i], neurons, lam, linkage, (min(kr[0], hi), hi))
-                reps = np.array([neurons.index(r) for r in c.representatives])
-                rows.append(np.fmax.reduce(crp_iou[:, i, reps], axis=1))  # (T, P)
-                complexity.setdefault(name, []).append(len(c))
-            add(name, np.stack(rows, 1))
-        seconds["clustering"] += time.perf_counter() - t0
-        if progress is not None:
-            progress(f"{stop}/{n} images; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
 
+def _concise_scores(maps, rels, neurons, crp_iou, k_range, lam, linkage) -> tuple[np.ndarray, list[int]]:
+    """Concise concepts (eq. 1-6) per image: max IoU over the representatives' maps, concept counts."""
+    hi = min(k_range[1], maps.shape[1] - 1)
+    rows, sizes = [], []
+    for i in range(len(maps)):
+        c = concepts_mod.cluster(maps[i], rels[i], neurons, lam, linkage, (min(k_range[0], hi), hi))
+        reps = np.array([neurons.index(r) for r in c.representatives])
+        rows.append(np.fmax.reduce(crp_iou[:, i, reps], axis=1))  # (T, P)
+        sizes.append(len(c))
+    return np.stack(rows, 1), sizes
+
+
+def _rows(best: dict, complexity: dict, present, masks, parts, thresholds) -> dict:
+    """Per method: DCNE aggregate of its (T, N, P) chunks, mean complexity, per-part IoU."""
     rows = {}
     for name, chunks in best.items():
         scores = np.concatenate(chunks, 1)
@@ -291,21 +337,7 @@ def evaluate_concepts(
             "complexity": float(np.mean(complexity[name])),
             "per_part": dict(zip(parts, map(float, _per_part(scores, masks, agg)), strict=True)),
         }
-    n_ch = len(neurons)
-    curves = {
-        "CRP-k": [(rows[_crp_name(k, n_ch)]["complexity"], rows[_crp_name(k, n_ch)]["best"]) for k in crp_ks],
-        "concise-k": [(rows[f"concise-{c}"]["complexity"], rows[f"concise-{c}"]["best"]) for c in fixed],
-    }
-    return {
-        "rows": rows,
-        "curves": curves,
-        "num_images": n,
-        "num_neurons": n_ch,
-        "layers": layers,
-        "parts": parts,
-        "defining_parts": [p for p, used in zip(parts, class_parts[labels].any(0), strict=True) if used],
-        "seconds": seconds,
-    }
+    return rows
 
 
 def _crp_name(k, n_ch: int) -> str:

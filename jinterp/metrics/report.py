@@ -80,7 +80,10 @@ def _scalars(d: dict) -> dict:
     return out
 
 
-def _check_metrics(metrics: Sequence[str]) -> None:
+def _check_inputs(data: dict, metrics: Sequence[str]) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"data: missing keys {missing}; expected {list(REQUIRED_KEYS)}")
     if isinstance(metrics, str):
         raise ValueError(f"metrics: expected a sequence of METRICS names, got the string {metrics!r}")
     for name in metrics:
@@ -131,18 +134,14 @@ def evaluate(
       (``images`` and per-method ``heatmaps`` of the first 8 images, filter ``responses`` and
       their ``modules`` for the t-SNE plot).
     """
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"data: missing keys {missing}; expected {list(REQUIRED_KEYS)}")
-    _check_metrics(metrics)
+    _check_inputs(data, metrics)
     layer = layer or layer_names(model)[-1]
     check_layers(model, [layer], "layer")
-    timing = {}
     start = time.perf_counter()
     logits, maps = _forward(model, variables, layer, batch_size)(np.asarray(data["image"], np.float32))
     labels = np.asarray(data["label"])
     accuracy = float((logits.argmax(-1) == labels).mean())
-    timing["forward"] = time.perf_counter() - start
+    timing = {"forward": time.perf_counter() - start}
 
     start = time.perf_counter()
     filters, curves, modules = _filter_scores(maps, data, n_modules, phi)
@@ -173,13 +172,8 @@ def evaluate(
         "timing": timing,
     }
     responses = np.moveaxis(maps[:64], -1, 0).reshape(maps.shape[-1], -1)  # one row per filter
-    artifacts = {
-        "images": np.asarray(data["image"][:8]),
-        "heatmaps": heatmaps,
-        "responses": responses,
-        "modules": modules,
-    }
-    return results, artifacts
+    images = np.asarray(data["image"][:8])
+    return results, {"images": images, "heatmaps": heatmaps, "responses": responses, "modules": modules}
 
 
 def _filter_scores(maps, data, n_modules: int, phi: float) -> tuple[dict, dict, np.ndarray]:
