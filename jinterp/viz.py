@@ -204,7 +204,9 @@ def _overlay(ax, heat, alpha: float) -> None:
     ax.imshow(np.asarray(heat), cmap="jet", alpha=alpha, vmin=0, vmax=1)
 
 
-def plot_heatmap_grid(images, heatmaps: Mapping[str, np.ndarray], alpha: float = 0.5, max_images: int = 8):
+def plot_heatmap_grid(
+    images, heatmaps: Mapping[str, np.ndarray], alpha: float = 0.5, max_images: int = 8
+) -> Figure:
     """Overlay grid: one row per image, the image then one column per method's heatmap.
 
     Args:
