@@ -7,8 +7,7 @@ import pytest
 
 import jinterp.backbones as B
 from jinterp.explain import crp as C
-from jinterp.explain import explain
-from jinterp.explain import lrp as L
+from jinterp.explain import explain, lrp
 
 torch = pytest.importorskip("torch")
 import tests.torch_refs as torch_refs  # noqa: E402  (installs the torchvision stand-in)
@@ -54,7 +53,7 @@ def test_channel_heatmaps_partition_the_lrp_relevance(small):
     # so the conditional input relevances must add up to the plain LRP input relevance.
     model, v, x, t = small
     heat, rel, all_rel = C.conditional_heatmaps(model, v, x, t, "conv2", None, batch_size=3, abs_norm=False)
-    full = L.lrp_relevance(model, v, x, t, layers=("conv2",))
+    full = lrp.lrp_relevance(model, v, x, t, layers=("conv2",))
     np.testing.assert_allclose(
         heat.sum(1), full.input.sum(-1), rtol=1e-4, atol=1e-5 * np.abs(full.input).max()
     )
@@ -101,7 +100,7 @@ def test_dead_channels_are_skipped_exactly(small):
     assert np.all(np.asarray(all_rel)[:, dead] == 0) and np.all(np.asarray(all_rel)[:, [1, 2]] != 0)
     peak = np.abs(np.asarray(heat)).max((2, 3))
     assert np.all(peak[:, dead] == 0) and np.all(peak[:, [1, 2, 8, 9, 10]] > 0)
-    full = L.lrp_relevance(model, v, x, t, layers=("conv3",))
+    full = lrp.lrp_relevance(model, v, x, t, layers=("conv3",))
     np.testing.assert_allclose(
         heat.sum(1), full.input.sum(-1), rtol=1e-4, atol=1e-5 * np.abs(full.input).max()
     )

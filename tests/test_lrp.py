@@ -8,9 +8,7 @@ import pytest
 
 import jinterp.backbones as B
 from jinterp.backbones.layers import ConvBN
-from jinterp.explain import explain
-from jinterp.explain import lrp as L
-from jinterp.explain import rules as R
+from jinterp.explain import explain, lrp, rules
 
 torch = pytest.importorskip("torch")
 import tests.torch_refs as torch_refs  # noqa: E402  (installs the torchvision stand-in)
@@ -41,7 +39,7 @@ def test_epsilon_plus_flat_matches_zennit_vgg16():
     model, v = B.create("vgg16", num_classes=10), B.from_torch("vgg16", tm.state_dict())
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     t = np.array([3, 7])
-    ours = L.lrp_relevance(model, v, x, t).input
+    ours = lrp.lrp_relevance(model, v, x, t).input
     assert _rel_err(ours, _zennit_lrp(tm, x, t, VGGCanonizer)) < 1e-4
 
 
@@ -53,7 +51,7 @@ def test_epsilon_plus_flat_matches_zennit_resnet18():
     model, v = B.create("resnet18", num_classes=10), B.from_torch("resnet18", tm.state_dict())
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     t = np.array([3, 7])
-    ours = L.lrp_relevance(model, v, x, t).input
+    ours = lrp.lrp_relevance(model, v, x, t).input
     assert _rel_err(ours, _zennit_lrp(tm, x, t, ResNetCanonizer)) < 1e-4
 
 
@@ -92,16 +90,16 @@ def test_rules_match_numpy(name):
     rng = np.random.default_rng(1)
     a, w, b, r = rng.normal(size=(3, 6)), rng.normal(size=(6, 4)), rng.normal(size=4), rng.normal(size=(3, 4))
     rule = {
-        "epsilon": R.Epsilon(0.1),
-        "gamma": R.Gamma(0.25),
-        "zplus": R.ZPlus(),
-        "alpha2_beta1": R.AlphaBeta(2, 1),
-        "flat": R.Flat(),
-        "wsquare": R.WSquare(),
-        "zbox": R.ZBox(-1.0, 2.0),
+        "epsilon": rules.Epsilon(0.1),
+        "gamma": rules.Gamma(0.25),
+        "zplus": rules.ZPlus(),
+        "alpha2_beta1": rules.AlphaBeta(2, 1),
+        "flat": rules.Flat(),
+        "wsquare": rules.WSquare(),
+        "zbox": rules.ZBox(-1.0, 2.0),
     }[name]
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    ours = R.input_relevance(rule, lambda x, k: x @ k, f32(a), f32(w), f32(b), f32(r))
+    ours = rules.input_relevance(rule, lambda x, k: x @ k, f32(a), f32(w), f32(b), f32(r))
     np.testing.assert_allclose(ours, _np_rules(a, w, b, r)[name], rtol=2e-4, atol=2e-5)
 
 
@@ -118,9 +116,9 @@ def small():
 def test_lrp0_is_gradient_times_input_at_every_layer(small):
     model, v, x, t = small
     layers = B.layer_names(model)
-    res = L.lrp_relevance(model, v, x, t, composite="epsilon", layers=layers)
-    comp = R.epsilon(0.0)
-    res0 = L.lrp_relevance(model, v, x, t, composite=comp, layers=layers)
+    res = lrp.lrp_relevance(model, v, x, t, composite="epsilon", layers=layers)
+    comp = rules.epsilon(0.0)
+    res0 = lrp.lrp_relevance(model, v, x, t, composite=comp, layers=layers)
     _, maps, grads = B.feature_grads(model, v, x, t, layers)
     for layer in layers:
         want = np.asarray(maps[layer] * grads[layer])
@@ -134,12 +132,12 @@ def test_relevance_is_conserved_per_layer(small, composite):
     # Fresh init: BN folds to a bias-free conv and the Dense bias is 0, so no relevance is absorbed.
     model, v, x, t = small
     comp = (
-        R.epsilon(0.0)
+        rules.epsilon(0.0)
         if composite == "epsilon"
-        else {"conv": "zplus", "dense": R.Epsilon(0.0), "first": "flat"}
+        else {"conv": "zplus", "dense": rules.Epsilon(0.0), "first": "flat"}
     )
     layers = B.layer_names(model)
-    res = L.lrp_relevance(model, v, x, t, composite=comp, layers=layers)
+    res = lrp.lrp_relevance(model, v, x, t, composite=comp, layers=layers)
     logit = np.asarray(res.logits)[np.arange(3), t]
     for layer in layers:
         np.testing.assert_allclose(np.asarray(res.layers[layer]).sum((1, 2, 3)), logit, rtol=1e-4)
@@ -148,11 +146,11 @@ def test_relevance_is_conserved_per_layer(small, composite):
 
 def test_batch_mixes_targets_and_is_differentiable(small):
     model, v, x, t = small
-    full = L.lrp_relevance(model, v, x, t).input
-    one = L.lrp_relevance(model, v, x[1:2], t[1:2]).input
+    full = lrp.lrp_relevance(model, v, x, t).input
+    one = lrp.lrp_relevance(model, v, x[1:2], t[1:2]).input
     np.testing.assert_allclose(full[1:2], one, rtol=1e-5, atol=1e-7)
-    comp = R.composite("epsilon_plus_flat")
-    g = jax.grad(lambda im: L._lrp(model, v, im, jnp.asarray(t), comp, (), "logit").input.sum())(
+    comp = rules.composite("epsilon_plus_flat")
+    g = jax.grad(lambda im: lrp._lrp(model, v, im, jnp.asarray(t), comp, (), "logit").input.sum())(
         jnp.asarray(x)
     )
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
@@ -164,14 +162,14 @@ def test_registry_heatmaps_and_contrastive(small):
     for spec in ("lrp", 'lrp(composite="epsilon_gamma_box", low=-4.0, high=4.0)', "clrp", "sglrp"):
         h = np.asarray(explain(spec, model, v, x, t))
         assert h.shape == (3, 32, 32) and h.min() >= 0 and np.allclose(h.max((1, 2)), 1.0)
-    ref = np.asarray(L.contrastive_relevance(model, v, jnp.asarray(x), jnp.asarray(t), "clrp"))
+    ref = np.asarray(lrp.contrastive_relevance(model, v, jnp.asarray(x), jnp.asarray(t), "clrp"))
     # dual rescaled to A_t: sums cancel to float32 round-off (an unscaled dual leaves O(1) of it)
     np.testing.assert_allclose(ref.sum((1, 2, 3)), 0.0, atol=1e-5 * np.abs(ref).sum())
     # The paper variant is one signed pass, i.e. (by linearity) target pass minus unscaled dual pass.
-    comp = R.composite("bounded_deep_taylor")
-    logits, _, backward = L.forward(model, v, jnp.asarray(x), comp)
-    a_t, a_d = (backward(r)[0] for r in L.contrastive_inits(logits, jnp.asarray(t), "sglrp"))
-    paper = L.contrastive_relevance(model, v, jnp.asarray(x), jnp.asarray(t), "sglrp", variant="paper")
+    comp = rules.composite("bounded_deep_taylor")
+    logits, _, backward = lrp.forward(model, v, jnp.asarray(x), comp)
+    a_t, a_d = (backward(r)[0] for r in lrp.contrastive_inits(logits, jnp.asarray(t), "sglrp"))
+    paper = lrp.contrastive_relevance(model, v, jnp.asarray(x), jnp.asarray(t), "sglrp", variant="paper")
     np.testing.assert_allclose(paper, a_t - a_d, rtol=1e-4, atol=1e-6 * float(np.abs(a_t).max()))
 
 
@@ -181,15 +179,15 @@ def test_registry_heatmaps_and_contrastive(small):
 def test_unknown_names_are_listed(small):
     model, v, x, t = small
     with pytest.raises(ValueError, match="epsilon_plus_flat"):
-        L.lrp_relevance(model, v, x, t, composite="nope")
+        lrp.lrp_relevance(model, v, x, t, composite="nope")
     with pytest.raises(ValueError, match="zplus"):
-        R.rule("nope")
+        rules.rule("nope")
     with pytest.raises(ValueError, match="conv1"):
-        L.lrp_relevance(model, v, x, t, layers=("conv9",))
+        lrp.lrp_relevance(model, v, x, t, layers=("conv9",))
     with pytest.raises(ValueError, match="only valid at the first layer"):
-        L.lrp_relevance(model, v, x, t, composite={"conv": "flat", "dense": "epsilon"})
+        lrp.lrp_relevance(model, v, x, t, composite={"conv": "flat", "dense": "epsilon"})
     with pytest.raises(ValueError, match="no rule for layer kind 'dense'"):
-        L.lrp_relevance(model, v, x, t, composite={"conv": "zplus"})
+        lrp.lrp_relevance(model, v, x, t, composite={"conv": "zplus"})
 
 
 def test_uncovered_layer_kind_is_named():
@@ -206,15 +204,17 @@ def test_uncovered_layer_kind_is_named():
     x = jnp.ones((1, 32, 32, 3))
     v = model.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="LayerNorm.*'ln'"):
-        L.lrp_relevance(model, v, x, jnp.array([0]))
+        lrp.lrp_relevance(model, v, x, jnp.array([0]))
 
 
 def test_densenet_batchnorm_needs_a_rule():
     model = B.create("densenet121", num_classes=3)
     # a Composite built without a batchnorm rule (dicts get the default epsilon rule for it)
-    comp = R.Composite("no_bn", (("avgpool", R.Norm()), ("conv", R.ZPlus()), ("dense", R.Epsilon())))
+    comp = rules.Composite(
+        "no_bn", (("avgpool", rules.Norm()), ("conv", rules.ZPlus()), ("dense", rules.Epsilon()))
+    )
     with pytest.raises(ValueError, match="'batchnorm'"):
-        L.check_composite(model, comp, (1, 32, 32, 3))
+        lrp.check_composite(model, comp, (1, 32, 32, 3))
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_conv_transpose_is_the_vjp(kernel, stride, pad, size):
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 5)), jnp.float32)
-    lin = L.ConvMap(stride, pad)
+    lin = lrp.ConvMap(stride, pad)
     s = jnp.asarray(rng.normal(size=lin(a, w).shape), jnp.float32)
     want = jax.vjp(lambda x: lin(x, w), a)[1](s)[0]
     np.testing.assert_allclose(lin.transpose(s, w, a.shape), want, rtol=1e-5, atol=1e-5)
@@ -251,7 +251,7 @@ def test_bare_flax_convs_equal_convbn_sites():
     v_ours = {"params": {"conv1": {"conv": p["conv1"]}, "conv2": {"conv": p["conv2"]}, "fc": p["fc"]}}
     t = jnp.array([0, 2])
     for comp in ("epsilon_plus_flat", "epsilon_gamma_box"):
-        want = L.lrp_relevance(ours, v_ours, x, t, composite=comp).input
-        got = L.lrp_relevance(bare, v, x, t, composite=comp).input
+        want = lrp.lrp_relevance(ours, v_ours, x, t, composite=comp).input
+        got = lrp.lrp_relevance(bare, v, x, t, composite=comp).input
         assert float(jnp.abs(want).max()) > 0
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.abs(want).max()))

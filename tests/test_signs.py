@@ -8,9 +8,7 @@ import pytest
 from jax.ad_checkpoint import checkpoint_name as mark
 
 import jinterp.backbones as B
-from jinterp.explain import lrp as L
-from jinterp.explain import rules as R
-from jinterp.explain import signs
+from jinterp.explain import lrp, rules, signs
 
 
 def _signs(fun, nonneg_args, *args):
@@ -63,14 +61,14 @@ def test_constants_are_judged_by_value():
 )
 def test_backbone_sites_after_relu_are_marked(name, general):
     model = B.create(name, num_classes=4)
-    sites = L.sites(model, (1, 64, 64, 3))
+    sites = lrp.sites(model, (1, 64, 64, 3))
     convs = {s.path for s in sites if s.kind == "conv"}
     assert {s.path for s in sites if s.kind == "conv" and not s.nonneg_input} == general
     assert len(convs) > len(general)
 
 
 def test_densenet_convs_take_relu_inputs_but_its_batchnorms_do_not():
-    sites = L.sites(B.create("densenet121", num_classes=4), (1, 64, 64, 3))
+    sites = lrp.sites(B.create("densenet121", num_classes=4), (1, 64, 64, 3))
     assert {s.path for s in sites if s.kind == "conv" and not s.nonneg_input} == {"conv0"}
     # BatchNorms read concatenations of raw conv outputs, except the first one (after ReLU + max-pool)
     assert {s.path for s in sites if s.kind == "batchnorm" and s.nonneg_input} == {
@@ -78,7 +76,7 @@ def test_densenet_convs_take_relu_inputs_but_its_batchnorms_do_not():
     }
 
 
-@pytest.mark.parametrize("rule", [R.ZPlus(), R.AlphaBeta(2.0, 1.0)])
+@pytest.mark.parametrize("rule", [rules.ZPlus(), rules.AlphaBeta(2.0, 1.0)])
 def test_nonneg_fast_path_equals_general_rule_on_nonneg_input(rule):
     rng = np.random.default_rng(0)
     a = jnp.asarray(np.maximum(rng.normal(size=(2, 9, 9, 4)), 0), jnp.float32)  # ReLU output, has zeros
@@ -86,9 +84,9 @@ def test_nonneg_fast_path_equals_general_rule_on_nonneg_input(rule):
         jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32),
         jnp.asarray(rng.normal(size=6), jnp.float32),
     )
-    lin = L.ConvMap(1, 1)
+    lin = lrp.ConvMap(1, 1)
     r = jnp.asarray(rng.normal(size=(2, 9, 9, 6)), jnp.float32)
-    general = R.input_relevance(rule, lin, a, w, b, r)
-    fast = R.input_relevance(rule.for_nonneg_input(), lin, a, w, b, r)
+    general = rules.input_relevance(rule, lin, a, w, b, r)
+    fast = rules.input_relevance(rule.for_nonneg_input(), lin, a, w, b, r)
     np.testing.assert_allclose(fast, general, rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(general).max()) > 0

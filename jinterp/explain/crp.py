@@ -25,8 +25,7 @@ from jinterp.backbones import check_layers, layer_shapes, min_size
 from jinterp.backbones.base import PERTURBATIONS
 from jinterp.backbones.taps import strip_perturbations
 from jinterp.checks import check_images, check_targets
-from jinterp.explain import lrp as lrp_mod
-from jinterp.explain import rules as R
+from jinterp.explain import lrp, rules
 from jinterp.explain.registry import register
 
 
@@ -48,15 +47,15 @@ def _lower_and_upper(model, variables, images, targets, layer, composite):
     zeros = jnp.zeros((images.shape[0], *shape[1:]), images.dtype)
 
     def upper(pert):
-        with lrp_mod.lrp_context(model, composite, images.shape):
+        with lrp.lrp_context(model, composite, images.shape):
             logits, out = model.apply({**variables, PERTURBATIONS: {layer: pert}}, images)
         return logits, out[layer]
 
     logits, vjp_up, amap = jax.vjp(upper, zeros, has_aux=True)
-    (c_layer,) = vjp_up(lrp_mod.logit_init(logits, targets))
+    (c_layer,) = vjp_up(lrp.logit_init(logits, targets))
 
     def lower(x):
-        with lrp_mod.lrp_context(model, composite, images.shape):
+        with lrp.lrp_context(model, composite, images.shape):
             return model.apply(variables, x)[1][layer]
 
     _, vjp_low = jax.vjp(lower, images)
@@ -132,7 +131,7 @@ def conditional_heatmaps(
     n = np.shape(images)[0]
     check_targets(targets, n, getattr(model, "num_classes", None))
     (layer,) = check_layers(model, (layer,), "layer")
-    comp = lrp_mod.check_composite(model, R.composite(composite), tuple(np.shape(images)))
+    comp = lrp.check_composite(model, rules.composite(composite), tuple(np.shape(images)))
     n_ch = layer_shapes(model, np.shape(images)[1])[layer][-1]
     ch = np.arange(n_ch) if channels is None else np.asarray(channels)
     if ch.ndim == 1:
@@ -160,12 +159,12 @@ def crp(layer: str | None = None, channel: int | None = None, composite: str = "
         from jinterp.explain import pipeline
 
         lay = layer or pipeline.default_layer(model)
-        comp = lrp_mod.check_composite(model, R.composite(composite), tuple(images.shape))
+        comp = lrp.check_composite(model, rules.composite(composite), tuple(images.shape))
         logits, amap, c_layer, vjp_low = _lower_and_upper(model, variables, images, targets, lay, comp)
         rel = (amap * c_layer).sum((1, 2))
         ch = jnp.argmax(rel, -1) if channel is None else jnp.full((images.shape[0],), channel)
         mask = jax.nn.one_hot(ch, amap.shape[-1], dtype=c_layer.dtype)[:, None, None, :]
-        return lrp_mod.to_heatmap(vjp_low(c_layer * mask)[0])
+        return lrp.to_heatmap(vjp_low(c_layer * mask)[0])
 
     return fn
 
