@@ -1,5 +1,6 @@
 """Confidence drop / increase (seed 004 eq. 23) and deletion / insertion curves on analytic models."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,14 +89,22 @@ def test_blur_substrate_preserves_constants():
     np.testing.assert_allclose(jm.gaussian_blur(y).sum(), 1.0, rtol=1e-5)
 
 
-def test_no_retrace_for_same_apply_fn():
+def test_no_retrace_for_same_apply_fn(monkeypatch):
+    """A second call with the same apply_fn and shapes reuses the compiled program (fails if it traces)."""
+    chex.clear_trace_counter()
+    for name, static in (
+        ("_confidence", ("apply_fn", "batch_size", "has_targets")),
+        ("_curve", ("apply_fn", "batch_size", "has_targets", "insertion", "morf", "pps", "n_steps", "blur")),
+    ):
+        fn = getattr(jm.faithfulness, name).__wrapped__
+        monkeypatch.setattr(
+            jm.faithfulness, name, jax.jit(chex.assert_max_traces(fn, n=1), static_argnames=static)
+        )
     x = jnp.ones((2, 8, 8, 3))
     h = jnp.ones((2, 8, 8))
-    fn = jm.faithfulness._confidence
-    jm.confidence_change(region_model, x, h)
-    size = fn._cache_size()
-    jm.confidence_change(region_model, x + 1.0, h * 0.5)
-    assert fn._cache_size() == size
+    for scale in (1.0, 0.5):
+        jm.confidence_change(region_model, x + scale, h * scale)
+        jm.perturbation_curve(region_model, x + scale, h * scale, mode="insertion", blur_sigma=scale * 4)
 
 
 def test_bad_inputs():

@@ -86,11 +86,6 @@ def _entries(model) -> list[tuple[tuple[str, ...], str, tuple[int, int, int] | N
     return entries
 
 
-def torch_key_map(model) -> dict[tuple[str, ...], str]:
-    """Flax variable path (collection, module..., leaf) -> torch state-dict key."""
-    return {path: key for path, key, _, _ in _entries(model)}
-
-
 def from_torch(name_or_model, state_dict: dict, num_classes: int | None = None, **kwargs) -> dict:
     """Convert a torchvision-layout ``state_dict`` to jinterp variables.
 
