@@ -1,19 +1,20 @@
-"""jinterp command line: train, sweep, evaluate, explain, look at the data.
+"""jinterp's one command line: train, sweep, evaluate, explain, look at the data, concepts, compare.
 
-    python launch.py --config configs/quickstart.py --workdir runs/quickstart
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart                  # train
     python launch.py --config configs/vgg16.py:hiccnn,runlocal --workdir /tmp/v --config.train.steps=20
-    python launch.py --config configs/quickstart.py --workdir runs/qs_sweep --sweep
-    python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode evaluate
-    python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode explain
+    python launch.py --config configs/quickstart.py --workdir runs/qs_sweep --mode sweep       # sweep(add)
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode evaluate  # report.md
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode explain   # heatmaps
     python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode show_data
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode concepts  # seed 001
+    python launch.py --config configs/quickstart.py --workdir runs/compare --mode compare \\
+        --runs cnn=runs/cnn/evaluation/metrics.json,hiccnn=runs/hiccnn/evaluation/metrics.json
 
 ``--config`` is a Python file with ``get_config(arg)`` (``file.py:arg`` passes ``arg``); any field can be
-overridden with ``--config.<path>=<value>`` (unknown keys and wrong types are rejected). A training run
-resumes from the last checkpoint in ``--workdir``; ``evaluate`` (``jinterp.metrics.report``: accuracy,
-filter metrics, localisation and faithfulness of ``config.evaluate.methods``) and ``explain`` (heatmap
-grid) restore it. Errors in the config, the workdir or the checkpoint print one line and exit 2.
-Everything here is a thin wrapper around importable
-functions (``jinterp.train.train_and_evaluate``, ``jinterp.sweep.run_sweep``), usable from notebooks.
+overridden with ``--config.<path>=<value>`` (unknown keys and wrong types are rejected). Training resumes
+from the last checkpoint in ``--workdir``; ``evaluate``, ``explain`` and ``concepts`` restore it. Errors in
+the config, the workdir or the checkpoint print one line and exit 2. Each mode is a few lines over
+importable functions (``jinterp.train``, ``jinterp.sweep``, ``jinterp.metrics``, ``jinterp.viz``).
 """
 
 import importlib.util
@@ -24,63 +25,64 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "evaluate", "explain", "show_data")
+MODES = ("train", "sweep", "evaluate", "explain", "show_data", "concepts", "compare")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output directory (checkpoints, metrics.jsonl, summary.json)."
-)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, reports).")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-_SWEEP = flags.DEFINE_bool("sweep", False, "Run every point of the config's sweep(add) (train mode).")
+_SWEEP = flags.DEFINE_bool("sweep", False, "Same as --mode sweep.")
+_RUNS = flags.DEFINE_string("runs", "", "--mode compare: name=path/to/metrics.json,name=...")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def config_module(path_with_arg: str):
-    """The config file's module (for its ``sweep``) and the ``:arg`` part of ``--config``."""
-    path, _, arg = path_with_arg.partition(":")
-    spec = importlib.util.spec_from_file_location("jinterp_config_module", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(
-        0, os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    )  # `from configs import common`
-    spec.loader.exec_module(module)
-    return module, arg or None
-
-
-def train_mode(config, workdir: str, sweep: bool = False, config_path: str = "") -> dict | list:
-    """Train one run (resuming from ``workdir``), or every point of the config's ``sweep``."""
-    from jinterp import sweep as sweeps
-    from jinterp import train
-
-    train.validate_config(config)
-    if not sweep:
-        summary = train.train_and_evaluate(config, workdir)
-        summary.pop("state", None)
-        print(json.dumps(summary, indent=2))
-        return summary
-    module, arg = config_module(config_path)
-    if not hasattr(module, "sweep"):
-        raise ValueError(f"--sweep: {config_path} defines no sweep(add) function")
-    rows = sweeps.run_sweep(config, module.sweep, workdir, arg=arg)
-    print(open(os.path.join(os.path.abspath(workdir), "sweep.md")).read())
-    return rows
 
 
 def _methods(config) -> list[str]:
     return [m.strip() for m in config.evaluate.methods.split(",") if m.strip()]
 
 
-def evaluate_mode(config, workdir: str) -> dict:
-    """Accuracy, filter metrics and per-method localisation/faithfulness of the model in ``workdir``.
+def _items(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
-    Writes ``workdir/evaluation/{metrics.json, report.md, *.png}`` (``jinterp.metrics.report``).
-    """
-    from jinterp import train
+
+def train_mode(config, workdir: str) -> dict:
+    """Train one run (resuming from ``workdir``); ``predictions.png`` when ``config.outputs`` asks."""
+    from jinterp import train, viz
+
+    summary = train.train_and_evaluate(config, workdir)
+    state = summary.pop("state")
+    if config.outputs.predictions_png:
+        test = train.load_split(config.data, config.train.eval_split, 16)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        pred = train.predict(train.Trainer(config).model, variables, test["image"])
+        titles = [f"pred {p} / {y}" for p, y in zip(pred, test["label"], strict=True)]
+        colors = ["green" if p == y else "red" for p, y in zip(pred, test["label"], strict=True)]
+        fig = viz.plot_image_grid(test["image"], titles=titles, title_colors=colors)
+        summary["predictions_png"] = viz.save_figure(fig, os.path.join(workdir, "predictions.png"))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def sweep_mode(config, workdir: str) -> list:
+    """Every point of the config file's ``sweep(add)`` -> ``sweep.csv`` / ``sweep.md``."""
+    from jinterp import sweep
+
+    path, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
+    spec = importlib.util.spec_from_file_location("jinterp_config_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # `from configs import common` resolves: launch.py sits in the root
+    if not hasattr(module, "sweep"):
+        raise ValueError(f"--mode sweep: {path} defines no sweep(add) function")
+    rows = sweep.run_sweep(config, module.sweep, workdir, arg=arg or None)
+    print(open(os.path.join(os.path.abspath(workdir), "sweep.md")).read())
+    return rows
+
+
+def evaluate_mode(config, workdir: str) -> dict:
+    """Accuracy, filter metrics, per-method localisation / faithfulness -> ``workdir/evaluation/``."""
+    from jinterp import train, viz
     from jinterp.metrics import report
 
-    train.validate_config(config)
     model, variables, step = train.restore_model(config, workdir)
-    data = train.load_split(config, config.train.eval_split, config.evaluate.num_images)
+    data = train.load_split(config.data, config.train.eval_split, config.evaluate.num_images)
     results, artifacts = report.evaluate(
         model,
         variables,
@@ -90,72 +92,97 @@ def evaluate_mode(config, workdir: str) -> dict:
         num_explained=config.evaluate.num_explained,
     )
     name = f"{config.model.name}@{step}"
-    paths = report.write_report(
-        {name: results}, os.path.join(os.path.abspath(workdir), "evaluation"), {name: artifacts}
-    )
+    paths = viz.write_report({name: results}, os.path.join(workdir, "evaluation"), {name: artifacts})
     print(json.dumps({"accuracy": results["accuracy"], "files": paths}, indent=2, default=str))
     return results
 
 
 def explain_mode(config, workdir: str, num_images: int = 8) -> str:
-    """Heatmaps of ``config.evaluate.methods`` on the first test images -> ``workdir/explanations.png``."""
-    import numpy as np
+    """Heatmaps of ``config.evaluate.methods`` for the predicted classes -> ``workdir/explanations.png``."""
+    from jinterp import explain, train, viz
 
-    from jinterp import explain, train
-    from jinterp.metrics import plots
-
-    train.validate_config(config)
     model, variables, _ = train.restore_model(config, workdir)
-    data = train.load_split(config, config.train.eval_split, num_images)
-    images = np.asarray(data["image"], np.float32)
-    logits, _ = model.apply(variables, images)
-    targets = np.asarray(logits).argmax(-1).astype(np.int32)  # explain the predicted class
-    layer = config.evaluate.layer
+    data = train.load_split(config.data, config.train.eval_split, num_images)
+    targets = train.predict(model, variables, data["image"])
     heatmaps = {}
     for spec in _methods(config):
-        name, kwargs = explain.parse(spec)
-        if layer and "layer" not in kwargs and "layer" in explain.METHODS[name].options():
-            spec = f"{name}({', '.join([*(f'{k}={v!r}' for k, v in kwargs.items()), f'layer={layer!r}'])})"
-        heatmaps[spec] = np.asarray(explain.explain(spec, model, variables, images, targets))
-    path = os.path.join(os.path.abspath(workdir), "explanations.png")
-    plots.plot_heatmap_grid(images, heatmaps, path, max_images=num_images)
+        spec = explain.with_defaults(spec, layer=config.evaluate.layer or None)
+        heatmaps[spec] = explain.explain(spec, model, variables, data["image"], targets)
+    path = viz.save_figure(
+        viz.plot_heatmap_grid(data["image"], heatmaps), os.path.join(workdir, "explanations.png")
+    )
     print(f"wrote {path} (targets: predicted classes {targets.tolist()}, labels {data['label'].tolist()})")
     return path
 
 
 def show_data_mode(config, workdir: str, n: int = 16) -> str:
-    """Print the keys/shapes of one training batch and save ``workdir/data.png`` (images with labels)."""
-    import matplotlib
+    """Keys / shapes of the first training examples, and ``workdir/data.png`` (images, parts, classes)."""
+    from jinterp import train, viz
+    from jinterp.data import feed, parts_world_classes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    batch = train.load_split(config.data, "train", n)
+    for key, value in batch.items():
+        print(f"{key:14s} {str(value.shape):22s} {value.dtype}")
+    names = None
+    if config.data.name.startswith("parts_world"):
+        names = [c["name"] for c in parts_world_classes(feed.parts_world_config_of(config.data))]
+    path = os.path.join(workdir, "data.png")
+    viz.save_examples_grid(batch, path, class_names=names, num=n, normalize=config.data.normalize)
+    print(f"wrote {path}")
+    return path
 
+
+def concepts_mode(config, workdir: str) -> dict:
+    """Seed 001's protocol on the trained model -> ``workdir/concepts/{table.md, results.json, *.png}``."""
+    from jinterp import train, viz
+    from jinterp.data import feed
+    from jinterp.metrics import concepts_eval
+
+    if not config.data.name.startswith("parts_world"):
+        raise ValueError(f"--mode concepts: needs PartsWorld part masks, got data {config.data.name!r}")
+    c = config.concepts
+    model, variables, step = train.restore_model(config, workdir)
+    data = train.load_split(config.data, config.train.eval_split, c.num_images)
+    result = concepts_eval.run_protocol(
+        model, variables, data, feed.parts_world_config_of(config.data), layers=_items(c.layers),
+        cam_methods=_items(c.cams), lam=c.lam, linkage=c.linkage, batch_images=c.batch_images,
+        progress=lambda s: print(s, flush=True),
+    )  # fmt: skip
+    out = os.path.join(workdir, "concepts")
+    text = concepts_eval.format_table(result) + (
+        f"\n\nModel {config.model.name} at step {step}, accuracy {result['accuracy']:.3f} on these images, "
+        f"{result['wall_s']:.0f} s.\n"
+    )
+    viz.save_figure(viz.plot_iou_vs_complexity(result), os.path.join(out, "iou_vs_complexity.png"), dpi=110)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({**result, "step": step}, f, indent=2, default=float)
+    print(text)
+    return result
+
+
+def compare_mode(config, workdir: str) -> dict:
+    """One report over evaluated runs (``--runs name=metrics.json,...``) -> ``workdir/report.md``."""
+    from jinterp import viz
+
+    pairs = [r.partition("=") for r in _items(_RUNS.value)]
+    if not pairs or any(not sep for _, sep, _ in pairs):
+        raise ValueError(f"--runs: expected name=path/to/metrics.json[,name=...], got {_RUNS.value!r}")
+    paths = viz.compare({name: path for name, _, path in pairs}, workdir)
+    print(paths["report"])
+    return paths
+
+
+def run(mode: str, config, workdir: str):
+    """Validate the config and the workdir, then run ``mode`` (what ``main`` does, without flags)."""
     from jinterp import train
 
     train.validate_config(config)
     workdir = train.check_workdir(workdir)
-    data = train.Data(config.data)
-    batch = next(iter(data.eval("train", max(n, 1))))
-    for key, value in batch.items():
-        print(f"{key:14s} {str(value.shape):22s} {value.dtype}")
-    images = np.asarray(batch["image"], np.float32)
-    lo, hi = images.min(axis=(1, 2, 3), keepdims=True), images.max(axis=(1, 2, 3), keepdims=True)
-    images = (images - lo) / np.maximum(hi - lo, 1e-8)
-    cols = min(8, len(images))
-    rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, image, label in zip(axes.ravel(), images, batch["label"], strict=False):
-        ax.imshow(image)
-        ax.set_title(f"label {label}", fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(workdir, "data.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    modes = {"train": train_mode, "sweep": sweep_mode, "evaluate": evaluate_mode, "explain": explain_mode,
+             "show_data": show_data_mode, "concepts": concepts_mode, "compare": compare_mode}  # fmt: skip
+    return modes[mode](config, workdir)
 
 
 def main(argv):
@@ -163,21 +190,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # Orbax/tfds INFO lines would drown the progress line
         logging.set_verbosity(logging.ERROR)
-    config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+    mode = "sweep" if _SWEEP.value else _MODE.value
+    if _SWEEP.value and _MODE.value not in ("train", "sweep"):
+        print(f"error: --sweep: only with --mode train or sweep, got --mode {_MODE.value}", file=sys.stderr)
+        return 2
     try:
-        if mode == "train":
-            train_mode(config, workdir, _SWEEP.value, config_flags.get_config_filename(flags.FLAGS["config"]))
-            return 0
-        if _SWEEP.value:
-            raise ValueError(f"--sweep: only with --mode train, got --mode {mode}")
-        if mode == "show_data":
-            show_data_mode(config, workdir)
-            return 0
-        (evaluate_mode if mode == "evaluate" else explain_mode)(config, workdir)
-        return 0
+        run(mode, _CONFIG.value, _WORKDIR.value)
     except ValueError as e:  # bad config values, unwritable workdir, incompatible checkpoint
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -192,15 +214,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (KeyError, AttributeError) as e:
-        message = (
-            str(e.args[0] if e.args else e)
-            .strip("'\"")
-            .replace("\\n", " ")
-            .replace("\n", " ")
-            .replace("\\", "")
-        )
+        message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace("\n", " ")
         bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        print(f"error: unknown config key in {' '.join(bad)}: {message}", file=sys.stderr)
+        print(
+            f"error: unknown config key in {' '.join(bad)}: {message.replace(chr(92), '')}", file=sys.stderr
+        )
         sys.exit(2)
 
 

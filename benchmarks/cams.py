@@ -82,7 +82,7 @@ def setups(args):
         torch_model = torch_refs.build(name, config.data.num_classes, **dict(config.model.kwargs))
         state = ji.backbones.to_torch(model, variables)
         torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-        test = train.load_split(config, "test", max(args.batches))
+        test = train.load_split(config.data, "test", max(args.batches))
         args.size = args.masking_size = config.data.image_size
         print(f"{name} trained {step} steps ({args.trained[1]}), {config.data.name} test images")
 

@@ -86,3 +86,60 @@ def test_unwritable_workdir(tmp_path):
 def test_evaluate_without_a_checkpoint_fails_clearly(tmp_path):
     r = launch("--workdir", str(tmp_path), "--mode", "evaluate", *TINY)
     assert r.returncode == 2 and "no checkpoint in" in r.stderr and "Traceback" not in r.stderr
+
+
+PARTS_WORLD = [
+    "--config.data.image_size=32",
+    "--config.data.num_classes=4",
+    "--config.data.train_size=64",
+    "--config.data.test_size=16",
+    "--config.train.batch_size=16",
+    "--config.train.steps=4",
+    "--config.train.log_every=2",
+    "--config.train.eval_batch_size=16",
+    "--config.evaluate.methods=grad_cam",
+    "--config.evaluate.num_images=16",
+    "--config.evaluate.num_explained=8",
+]
+
+
+@pytest.mark.slow
+def test_every_mode_on_a_tiny_parts_world(tmp_path):
+    """train -> evaluate -> concepts -> compare -> show_data -> sweep through the one command line."""
+    env = {"JINTERP_DATA_DIR": str(tmp_path / "data")}
+    run = lambda mode, *extra: launch(
+        "--workdir", str(tmp_path / "run"), "--mode", mode, *PARTS_WORLD, *extra, env=env
+    )
+    for mode, extra in [
+        ("train", ()),
+        ("evaluate", ()),
+        ("concepts", ("--config.concepts.num_images=4", "--config.concepts.cams=grad_cam")),
+        ("show_data", ()),
+    ]:
+        r = run(mode, *extra)
+        assert r.returncode == 0, (mode, r.stderr[-3000:])
+    report = open(tmp_path / "run" / "evaluation" / "report.md").read()
+    assert "grad_cam(layer='conv6')" in report and "Interp" in report
+    metrics = json.load(open(tmp_path / "run" / "evaluation" / "metrics.json"))
+    (scores,) = metrics.values()
+    assert 0.0 <= scores["accuracy"] <= 1.0 and scores["layer"] == "conv6"
+    table = open(tmp_path / "run" / "concepts" / "table.md").read()
+    assert "concise" in table and "CRP-" in table and "grad_cam" in table
+    assert os.path.getsize(tmp_path / "run" / "data.png") > 1000
+    runs = f"a={tmp_path}/run/evaluation/metrics.json,b={tmp_path}/run/evaluation/metrics.json"
+    r = launch("--workdir", str(tmp_path / "cmp"), "--mode", "compare", "--runs", runs, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    compared = open(tmp_path / "cmp" / "report.md").read()
+    assert "| a |" in compared and "| b |" in compared
+    r = launch("--workdir", str(tmp_path / "cmp"), "--mode", "compare", "--runs", "a-no-path", env=env)
+    assert r.returncode == 2 and "--runs: expected name=path" in r.stderr
+
+
+@pytest.mark.slow
+def test_sweep_mode_runs_every_point(tmp_path):
+    r = launch(
+        "--workdir", str(tmp_path), "--mode", "sweep", *TINY[:-4], "--config.train.steps=2", *TINY[-3:]
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = open(tmp_path / "sweep.md").read().splitlines()
+    assert lines[0].startswith("| optimizer.lr | seed |") and len(lines) == 2 + 4  # quickstart's 4 points

@@ -84,7 +84,9 @@ class Progress:
         mean = {k: np.mean([m[k] for m in host], axis=0) for k in host[0]}
         self.pending = []
         elapsed = time.time() - run.t_loop
-        rate = (step - run.step_at_loop) / elapsed if elapsed > 0 and step > run.step_at_loop else float("nan")
+        rate = (
+            (step - run.step_at_loop) / elapsed if elapsed > 0 and step > run.step_at_loop else float("nan")
+        )
         run.steps_per_s = rate
         self.writer.write({"step": step, "split": "train", "steps_per_s": rate, **mean})
         eta = format_duration((run.total - step) / rate) if rate == rate and rate > 0 else "?"
@@ -118,7 +120,9 @@ class Budget:
         if affordable >= run.total:
             return state
         run.total = affordable
-        print(f"time budget {self.budget:.0f}s at {rate:.2f} steps/s: training {run.total} steps", file=self.log)
+        print(
+            f"time budget {self.budget:.0f}s at {rate:.2f} steps/s: training {run.total} steps", file=self.log
+        )
         return state_lib.with_total_steps(state, run.total)
 
 
@@ -131,7 +135,9 @@ class PeriodicEval:
 
     def __call__(self, step: int, state, metrics):
         if step % self.every == 0 and step < self.run.total:
-            self.writer.write({"step": step, "split": self.split, **self.trainer.evaluate(state, self.data, self.split)})
+            self.writer.write(
+                {"step": step, "split": self.split, **self.trainer.evaluate(state, self.data, self.split)}
+            )
         return state
 
 

@@ -84,7 +84,7 @@ def _start(trainer: Trainer, checkpoints: Checkpoints, n_steps: int, t_start: fl
 def _describe(trainer: Trainer, run: actions.Run, per_epoch: int) -> str:
     points = f", {len(trainer.points)} vmapped sweep points" if trainer.points else ""
     return (
-        f"{'resuming from step ' + str(run.start) if run.resumed else 'starting'}: {trainer.config.model.name}, "
+        f"{f'resuming from step {run.start}' if run.resumed else 'starting'}: {trainer.config.model.name}, "
         f"{run.total} steps ({per_epoch} per epoch), batch {trainer.batch_size} over "
         f"{trainer.mesh.devices.size} devices{points}"
     )
@@ -95,7 +95,11 @@ def _actions(trainer: Trainer, data, run: actions.Run, checkpoints: Checkpoints,
     writer = actions.MetricsWriter(workdir)
     out = [actions.Progress(run, writer, int(cfg.log_every), log)]
     if cfg.time_budget_s and not run.resumed:
-        out.append(actions.Budget(run, cfg.time_budget_s, cfg.time_reserve_s, cfg.calibrate_steps, cfg.log_every, log))
+        out.append(
+            actions.Budget(
+                run, cfg.time_budget_s, cfg.time_reserve_s, cfg.calibrate_steps, cfg.log_every, log
+            )
+        )
     if cfg.eval_every:
         out.append(actions.PeriodicEval(run, trainer, data, cfg.eval_split, int(cfg.eval_every), writer))
     out.append(actions.Checkpointing(run, checkpoints, int(cfg.checkpoint_every), trainer.meta()))
@@ -120,7 +124,9 @@ def _finish(trainer: Trainer, state, data, run: actions.Run, workdir: str, check
     }
     if trainer.points is not None:
         per_point = zip(trainer.points, np.atleast_1d(ev["accuracy"]), np.atleast_1d(ev["loss"]), strict=True)
-        summary["points"] = [{**p, "test_accuracy": float(a), "test_loss": float(lo)} for p, a, lo in per_point]
+        summary["points"] = [
+            {**p, "test_accuracy": float(a), "test_loss": float(lo)} for p, a, lo in per_point
+        ]
     summary = actions.jsonable(summary)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -138,7 +144,9 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str) -> tuple:
     checkpoints = Checkpoints(workdir, keep=int(config.train.keep_checkpoints))
     try:
         if checkpoints.latest_step() is None:
-            raise ValueError(f"--workdir: no checkpoint in {checkpoints.directory}; train first (--mode train)")
+            raise ValueError(
+                f"--workdir: no checkpoint in {checkpoints.directory}; train first (--mode train)"
+            )
         state = checkpoints.restore(trainer.abstract_state(), trainer.meta())
     finally:
         checkpoints.close()

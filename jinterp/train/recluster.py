@@ -33,7 +33,7 @@ def compile_hooks(model, specs, mesh, stacked: bool):
 
 
 def recluster_due(trainer, state, data: feed.Data, epoch: int):
-    """``state`` with every loss that ``reclusters_at(epoch)`` re-clustered (before the epoch's first step)."""
+    """``state`` with every loss that ``reclusters_at(epoch)`` re-clustered (before the epoch's 1st step)."""
     due = tuple(s.name for s in trainer.specs if s.reclusters_at(epoch))
     if not due:
         return state

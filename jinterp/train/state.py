@@ -71,7 +71,8 @@ def _override(base: dict, point: dict) -> dict:
     for path, value in point.items():
         if not is_vmappable(path):
             raise ValueError(
-                f"sweep point: {path!r} cannot be vmapped; expected one of {(*VMAPPABLE, VMAPPABLE_LOSS_WEIGHT)}"
+                f"sweep point: {path!r} cannot be vmapped; "
+                f"expected one of {(*VMAPPABLE, VMAPPABLE_LOSS_WEIGHT)}"
             )
         if path.startswith("losses."):
             key = path.split(".", 1)[1]

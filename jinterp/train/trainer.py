@@ -20,7 +20,8 @@ import numpy as np
 from jinterp import backbones, losses
 from jinterp.checks import check_choice
 from jinterp.data import feed
-from jinterp.train import optim, parallel, recluster, state as state_lib, step
+from jinterp.train import optim, parallel, recluster, step
+from jinterp.train import state as state_lib
 from jinterp.train.config import num_classes
 
 
@@ -32,7 +33,9 @@ def build_losses(config_losses) -> tuple:
         fields = sorted(f.name for f in dataclasses.fields(losses.LOSSES[name]))
         for k in cfg:
             check_choice(f"config.losses.{name}", k, fields)
-        specs.append(losses.LOSSES[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
+        specs.append(
+            losses.LOSSES[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+        )
     return tuple(specs)
 
 
@@ -47,7 +50,9 @@ class Trainer:
       num_classes_: number of classes (default :func:`jinterp.train.num_classes`).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, points: list[dict] | None = None, num_classes_=None):
+    def __init__(
+        self, config: ml_collections.ConfigDict, points: list[dict] | None = None, num_classes_=None
+    ):
         self.config = config
         self.points = points
         self.num_classes = int(num_classes_ or num_classes(config))
