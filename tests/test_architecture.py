@@ -88,7 +88,11 @@ def _long_functions(path: str):
 def test_modules_and_functions_stay_short(kind):
     paths = [*_sources(), os.path.join(ROOT, "launch.py")]
     if kind == "modules":
-        long = [f"{os.path.relpath(p, ROOT)} ({n} lines)" for p in paths if (n := len(open(p).readlines())) > MAX_MODULE_LINES]
+        long = [
+            f"{os.path.relpath(p, ROOT)} ({n} lines)"
+            for p in paths
+            if (n := len(open(p).readlines())) > MAX_MODULE_LINES
+        ]
     else:
         long = [entry for p in paths for entry in _long_functions(p)]
     assert not long, f"{kind} over the limit:\n" + "\n".join(long)
