@@ -315,6 +315,41 @@ def _cluster_labels(maps, clusters, method, key, iters, n_init, sigma, theta):
     return spectral_clustering(affinity, clusters, key, iters=iters, n_init=n_init)
 
 
+def _check_cluster_options(method, score, beta, **positive) -> None:
+    check_choice("method", method, ("kmeans", "spectral"))
+    check_choice("score", score, pipeline.SCORES)
+    for name, v in positive.items():
+        _check_positive(name, v)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta: expected a value in [0, 1], got {beta}")
+
+
+def _representative_maps(maps, clusters, method, seed, iters, n_init, sigma, theta):
+    """Steps 1-2 (eq. 18): per-image cluster labels (N, C) of the maps, the clusters' mean maps
+    (N, Q, h, w) and their sizes (N, Q)."""
+    keys = jax.random.split(jax.random.key(seed), maps.shape[0])
+    labels = jax.vmap(lambda m, k: _cluster_labels(m, clusters, method, k, iters, n_init, sigma, theta))(
+        maps, keys
+    )
+    onehot = jax.nn.one_hot(labels, clusters, dtype=maps.dtype)  # (N, C, Q)
+    counts = onehot.sum(1)
+    cluster_maps = jnp.einsum("nhwc,ncq->nqhw", maps, onehot) / jnp.maximum(counts, 1.0)[:, :, None, None]
+    return labels, cluster_maps, counts
+
+
+def _masked_scores(model, variables, images, targets, masks, sfn, batch):
+    """Step 3 (eq. 19): ``S_c(mask_q * X)`` for every image and cluster mask (N, Q, H, W) -> (N, Q)."""
+    n, clusters = masks.shape[:2]
+
+    def masked_score(pair):
+        i, q = pair // clusters, pair % clusters
+        logits_q, _ = pipeline.forward(model, variables, (images[i] * masks[i, q][..., None])[None])
+        return sfn(logits_q, targets[i][None])[0]
+
+    pairs = jnp.arange(n * clusters)
+    return jax.lax.map(masked_score, pairs, batch_size=min(batch, n * clusters)).reshape(n, clusters)
+
+
 def _cluster_cam_details(
     model,
     variables,
@@ -360,39 +395,23 @@ def _cluster_cam_details(
       (N, Q, h, w) = F~, ``masks`` (N, Q, H, W), ``scores`` (N, Q) = y, ``base`` and ``scissors``
       (N,) cluster indices, ``unmasked_score`` (N,) = S_c(X), ``layer``.
     """
-    check_choice("method", method, ("kmeans", "spectral"))
-    check_choice("score", score, pipeline.SCORES)
-    for name, v in (("clusters", clusters), ("batch", batch), ("n_init", n_init), ("iters", iters)):
-        _check_positive(name, v)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta: expected a value in [0, 1], got {beta}")
+    _check_cluster_options(method, score, beta, clusters=clusters, batch=batch, n_init=n_init, iters=iters)
     layers, logits, out = _base(model, variables, images, targets, layer)
     if len(layers) != 1:
         raise ValueError(f"layer: Cluster-CAM explains one layer, got {list(layers)}")
     maps = out[layers[0]]
-    n, h, w, c = maps.shape
+    c = maps.shape[-1]
     if clusters > c:
         raise ValueError(f"clusters: expected at most {c} (channels of {layers[0]!r}), got {clusters}")
     size = images.shape[1:3]
     sfn = pipeline.score_fn(score)
 
-    keys = jax.random.split(jax.random.key(seed), n)
-    labels = jax.vmap(lambda m, k: _cluster_labels(m, clusters, method, k, iters, n_init, sigma, theta))(
-        maps, keys
+    labels, cluster_maps, counts = _representative_maps(
+        maps, clusters, method, seed, iters, n_init, sigma, theta
     )
-    onehot = jax.nn.one_hot(labels, clusters, dtype=maps.dtype)  # (N, C, Q)
-    counts = onehot.sum(1)
-    cluster_maps = jnp.einsum("nhwc,ncq->nqhw", maps, onehot) / jnp.maximum(counts, 1.0)[:, :, None, None]
     up = resize.upsample(cluster_maps, size)
     masks = pipeline.minmax(up, eps=1e-8) if normalize else up
-
-    def masked_score(pair):
-        i, q = pair // clusters, pair % clusters
-        logits_q, _ = pipeline.forward(model, variables, (images[i] * masks[i, q][..., None])[None])
-        return sfn(logits_q, targets[i][None])[0]
-
-    pairs = jnp.arange(n * clusters)
-    scores = jax.lax.map(masked_score, pairs, batch_size=min(batch, n * clusters)).reshape(n, clusters)
+    scores = _masked_scores(model, variables, images, targets, masks, sfn, batch)
     # An empty cluster has no map: it can be neither base nor scissors.
     empty = counts == 0
     base = jnp.argmax(jnp.where(empty, -jnp.inf, scores), axis=1)
