@@ -18,11 +18,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
-import jinterp.backbones as B  # noqa: E402
+import jinterp as ji  # noqa: E402
 import tests.torch_refs as torch_refs  # noqa: E402  (torchvision stand-in before zennit)
 from benchmarks.common import median_time  # noqa: E402
-from jinterp.explain import crp as C  # noqa: E402
-from jinterp.explain import lrp as L  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -46,14 +44,15 @@ def main():
     from zennit.torchvision import VGGCanonizer
 
     tm = torch_refs.build("vgg16", num_classes=10, seed=0)
-    model, v = B.create("vgg16", num_classes=10), B.from_torch("vgg16", tm.state_dict())
+    model = ji.backbones.create("vgg16", num_classes=10)
+    v = ji.backbones.from_torch("vgg16", tm.state_dict())
     x = np.random.default_rng(0).normal(size=(a.images, a.size, a.size, 3)).astype(np.float32)
     t = np.arange(a.images) % 10
     xt = torch_refs.to_nchw(x)
     comp = EpsilonPlusFlat(canonizers=[VGGCanonizer()])
 
     def ours_lrp():
-        L.lrp_relevance(model, v, x, t).input.block_until_ready()
+        ji.explain.lrp.lrp_relevance(model, v, x, t).input.block_until_ready()
 
     def zennit_lrp():
         xr = xt.clone().requires_grad_()
@@ -71,7 +70,9 @@ def main():
     xct = torch_refs.to_nchw(xc)
 
     def ours_crp():
-        C.conditional_heatmaps(model, v, xc, t, "conv5_3", chans, batch_size=a.batch)[0].block_until_ready()
+        ji.explain.crp.conditional_heatmaps(model, v, xc, t, "conv5_3", chans, batch_size=a.batch)[
+            0
+        ].block_until_ready()
 
     attr = CondAttribution(tm)
 
@@ -82,7 +83,7 @@ def main():
                 conds = [{"features.28": [int(c)], "y": [int(t[i])]} for c in cs]
                 attr(xct[i : i + 1].repeat(len(cs), 1, 1, 1).requires_grad_(), conds, comp)
 
-    _, _, rel = C.conditional_heatmaps(model, v, xc, t, "conv5_3", chans, abs_norm=False)
+    _, _, rel = ji.explain.crp.conditional_heatmaps(model, v, xc, t, "conv5_3", chans, abs_norm=False)
     live = int((np.asarray(rel)[:, chans] != 0).sum()) / a.images
     jc = timed(ours_crp, 1) / a.images
     zc = timed(zennit_crp, 1) / a.images

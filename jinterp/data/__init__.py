@@ -55,17 +55,11 @@ import numpy as np
 
 from jinterp.data.loader import (
     CATALOG,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     NAMES,
-    augment_batch,
-    augment_params,
     batch_indices,
     default_data_dir,
-    denormalize_images,
     info,
     load,
-    normalize_images,
     num_classes,
     parts_world_config,
 )
@@ -79,6 +73,14 @@ from jinterp.data.parts_world import (
     mask_bbox,
     part_landmarks,
     parts_world_classes,
+)
+from jinterp.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    augment_batch,
+    augment_params,
+    denormalize_images,
+    normalize_images,
 )
 
 

@@ -36,8 +36,8 @@ def split_size(name: str, fields: dict, split: str, data_dir: str | None = None)
     splits = loader.info(name, **fields).get("splits")
     if splits and split in splits:
         return splits[split]
-    source = loader._source(name, split, data_dir or loader.default_data_dir(), fields.get("image_size"), {})
-    return len(source)
+    data_dir = data_dir or loader.default_data_dir()
+    return len(loader.open_source(name, split, data_dir, fields.get("image_size"), {}))
 
 
 class Data:

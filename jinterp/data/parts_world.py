@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 PART_NAMES = ("body", "head", "beak", "tail", "wing", "legs")
-P = len(PART_NAMES)
+NUM_PARTS = len(PART_NAMES)
 _PART = {n: i for i, n in enumerate(PART_NAMES)}
 SPLIT_IDS = {"train": 0, "test": 1}
 
@@ -160,7 +160,7 @@ def parts_world_classes(config: PartsWorldConfig) -> list[dict]:
 
 def _disc_parts(config: PartsWorldConfig) -> np.ndarray:
     """(num_classes, P) bool: which parts define each class."""
-    table = np.zeros((config.num_classes, P), bool)
+    table = np.zeros((config.num_classes, NUM_PARTS), bool)
     for c in parts_world_classes(config):
         table[c["label"], [_PART[p] for p in c["parts"]]] = True
     return table
@@ -356,7 +356,7 @@ def _render(p: dict, size: int, rng: np.random.Generator) -> dict:
 
 def _annotations(p: dict, ids: np.ndarray, disc_table: np.ndarray) -> dict:
     size = ids.shape[1]
-    part_masks = ids[..., None] == np.arange(P, dtype=np.int8)
+    part_masks = ids[..., None] == np.arange(NUM_PARTS, dtype=np.int8)
     object_mask = ids >= 0
     disc = disc_table[p["label"]]  # (n, P)
     disc_mask = np.any(part_masks & disc[:, None, None, :], axis=-1)
@@ -440,12 +440,12 @@ def _features(config: PartsWorldConfig) -> tfds.features.FeaturesDict:
         {
             "image": T(shape=(s, s, 3), dtype=np.uint8, encoding=raw),
             "label": tfds.features.ClassLabel(names=[c["name"] for c in parts_world_classes(config)]),
-            "part_masks": T(shape=(s, s, P), dtype=np.bool_, encoding=zlib),
+            "part_masks": T(shape=(s, s, NUM_PARTS), dtype=np.bool_, encoding=zlib),
             "object_mask": T(shape=(s, s), dtype=np.bool_, encoding=zlib),
             "disc_mask": T(shape=(s, s), dtype=np.bool_, encoding=zlib),
             "bbox": T(shape=(4,), dtype=np.float32),
-            "landmarks": T(shape=(P, 2), dtype=np.float32),
-            "part_visible": T(shape=(P,), dtype=np.bool_, encoding=raw),
+            "landmarks": T(shape=(NUM_PARTS, 2), dtype=np.float32),
+            "part_visible": T(shape=(NUM_PARTS,), dtype=np.bool_, encoding=raw),
         }
     )
 
