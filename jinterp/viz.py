@@ -269,21 +269,28 @@ def plot_iou_vs_complexity(result: dict) -> Figure:
     return fig
 
 
+def _curves(lines, xlabel: str, ylabel: str, size=(4.5, 3.5), style: str = "o-", ylim=None) -> Figure:
+    """One axes of labelled curves: ``lines`` is a list of ``(label, x, y)``."""
+    fig = _figure(*size)
+    ax = fig.subplots()
+    for label, x, y in lines:
+        ax.plot(np.asarray(x), np.asarray(y), style, ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def plot_inconsistency_diversity(curves: Mapping[str, Mapping]) -> Figure:
     """Inconsistency (x) against diversity (y) per model, one marker per τ (seed 000 Fig. 4).
 
     Args:
       curves: ``{model_name: inconsistency_diversity_curve(...)}``.
     """
-    fig = _figure(4.5, 4)
-    ax = fig.subplots()
-    for name, c in curves.items():
-        inc, div = np.asarray(c["inconsistency"]), np.asarray(c["diversity"])
-        ax.plot(inc, div, "o-", ms=3, label=name)
-    ax.set_xlabel("inconsistency (lower is better)")
-    ax.set_ylabel("diversity (higher is better)")
-    ax.legend(fontsize=8)
-    return fig
+    lines = [(name, c["inconsistency"], c["diversity"]) for name, c in curves.items()]
+    return _curves(lines, "inconsistency (lower is better)", "diversity (higher is better)", size=(4.5, 4))
 
 
 def plot_pointing_curves(results: Mapping[str, Mapping]) -> Figure:
@@ -292,16 +299,8 @@ def plot_pointing_curves(results: Mapping[str, Mapping]) -> Figure:
     Args:
       results: ``{method_name: energy_pointing_game(...)}``.
     """
-    fig = _figure(4.5, 3.5)
-    ax = fig.subplots()
-    for name, r in results.items():
-        label = f"{name} ({float(r['mean']):.3f})"
-        ax.plot(np.asarray(r["energies"]), np.asarray(r["curve"]), "o-", ms=3, label=label)
-    ax.set_xlabel("residual energy E")
-    ax.set_ylabel("pointing accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
-    return fig
+    lines = [(f"{name} ({float(r['mean']):.3f})", r["energies"], r["curve"]) for name, r in results.items()]
+    return _curves(lines, "residual energy E", "pointing accuracy", ylim=(0, 1.02))
 
 
 def plot_perturbation_curves(results: Mapping[str, Mapping], key: str = "curve") -> Figure:
@@ -311,15 +310,9 @@ def plot_perturbation_curves(results: Mapping[str, Mapping], key: str = "curve")
       results: ``{method_name: perturbation_curve(...)}``; key: "curve" (probability) or
         "accuracy_curve".
     """
-    fig = _figure(4.5, 3.5)
-    ax = fig.subplots()
-    for name, r in results.items():
-        label = f"{name} (AUC {float(r['auc_mean']):.3f})"
-        ax.plot(np.asarray(r["fractions"]), np.asarray(r[key]), label=label)
-    ax.set_xlabel("fraction of pixels perturbed")
-    ax.set_ylabel("target probability" if key == "curve" else "accuracy")
-    ax.legend(fontsize=8)
-    return fig
+    lines = [(f"{n} (AUC {float(r['auc_mean']):.3f})", r["fractions"], r[key]) for n, r in results.items()]
+    ylabel = "target probability" if key == "curve" else "accuracy"
+    return _curves(lines, "fraction of pixels perturbed", ylabel, style="-")
 
 
 def plot_metric_pairs(curves: Mapping[str, Mapping], x: str = "interp_mean") -> Figure:

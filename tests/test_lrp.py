@@ -32,27 +32,18 @@ def _rel_err(a, b):
 
 
 @pytest.mark.slow
-def test_epsilon_plus_flat_matches_zennit_vgg16():
-    from zennit.torchvision import VGGCanonizer
+@pytest.mark.parametrize(
+    ("name", "canonizer", "size"), [("vgg16", "VGGCanonizer", 32), ("resnet18", "ResNetCanonizer", 64)]
+)
+def test_epsilon_plus_flat_matches_zennit(name, canonizer, size):
+    import zennit.torchvision
 
-    tm = torch_refs.build("vgg16", num_classes=10, seed=0)
-    model, v = B.create("vgg16", num_classes=10), B.from_torch("vgg16", tm.state_dict())
-    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    tm = torch_refs.build(name, num_classes=10, seed=0)
+    model, v = B.create(name, num_classes=10), B.from_torch(name, tm.state_dict())
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
     t = np.array([3, 7])
     ours = lrp.lrp_relevance(model, v, x, t).input
-    assert _rel_err(ours, _zennit_lrp(tm, x, t, VGGCanonizer)) < 1e-4
-
-
-@pytest.mark.slow
-def test_epsilon_plus_flat_matches_zennit_resnet18():
-    from zennit.torchvision import ResNetCanonizer
-
-    tm = torch_refs.build("resnet18", num_classes=10, seed=0)
-    model, v = B.create("resnet18", num_classes=10), B.from_torch("resnet18", tm.state_dict())
-    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
-    t = np.array([3, 7])
-    ours = lrp.lrp_relevance(model, v, x, t).input
-    assert _rel_err(ours, _zennit_lrp(tm, x, t, ResNetCanonizer)) < 1e-4
+    assert _rel_err(ours, _zennit_lrp(tm, x, t, getattr(zennit.torchvision, canonizer))) < 1e-4
 
 
 # --- rules vs independent NumPy (float64) re-derivations on a tiny dense layer ----------------------

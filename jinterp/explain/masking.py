@@ -8,7 +8,9 @@ image unbatched, the layers below l are computed once per image, not once per ch
 Equation numbers refer to Cluster-CAM (Feng et al. 2024, seed 004).
 """
 
+import functools
 import inspect
+import types
 
 import jax
 import jax.numpy as jnp
@@ -350,25 +352,10 @@ def _masked_scores(model, variables, images, targets, masks, sfn, batch):
     return jax.lax.map(masked_score, pairs, batch_size=min(batch, n * clusters)).reshape(n, clusters)
 
 
-def _cluster_cam_details(
-    model,
-    variables,
-    images,
-    targets,
-    layer=None,
-    clusters: int = 6,
-    beta: float = 1.0,
-    method: str = "kmeans",
-    normalize: bool = True,
-    score: str = "softmax",
-    seed: int = 0,
-    iters: int = 100,
-    n_init: int = 10,
-    sigma: float = 1.0,
-    theta: float = 0.0,
-    batch: int = 16,
-):
+def _cluster_cam_details(model, variables, images, targets, **options):
     """Cluster-CAM (Feng et al. 2024, eq. 17-22) with its intermediates (one layer); traceable.
+
+    ``options``: those of :func:`cluster_cam` (its signature holds the defaults).
 
     1. Per image, the C maps F_n of ``layer`` are clustered into Q = ``clusters`` groups:
        k-means on the flattened maps (Euclidean distance, §3.1; k-means++ seeding from
@@ -395,8 +382,12 @@ def _cluster_cam_details(
       (N, Q, h, w) = F~, ``masks`` (N, Q, H, W), ``scores`` (N, Q) = y, ``base`` and ``scissors``
       (N,) cluster indices, ``unmasked_score`` (N,) = S_c(X), ``layer``.
     """
-    _check_cluster_options(method, score, beta, clusters=clusters, batch=batch, n_init=n_init, iters=iters)
-    layers, logits, out = _base(model, variables, images, targets, layer)
+    o = types.SimpleNamespace(**{**CLUSTER_CAM_DEFAULTS, **options})
+    clusters = o.clusters
+    _check_cluster_options(
+        o.method, o.score, o.beta, clusters=clusters, batch=o.batch, n_init=o.n_init, iters=o.iters
+    )
+    layers, logits, out = _base(model, variables, images, targets, o.layer)
     if len(layers) != 1:
         raise ValueError(f"layer: Cluster-CAM explains one layer, got {list(layers)}")
     maps = out[layers[0]]
@@ -404,20 +395,20 @@ def _cluster_cam_details(
     if clusters > c:
         raise ValueError(f"clusters: expected at most {c} (channels of {layers[0]!r}), got {clusters}")
     size = images.shape[1:3]
-    sfn = pipeline.score_fn(score)
+    sfn = pipeline.score_fn(o.score)
 
     labels, cluster_maps, counts = _representative_maps(
-        maps, clusters, method, seed, iters, n_init, sigma, theta
+        maps, clusters, o.method, o.seed, o.iters, o.n_init, o.sigma, o.theta
     )
     up = resize.upsample(cluster_maps, size)
-    masks = pipeline.minmax(up, eps=1e-8) if normalize else up
-    scores = _masked_scores(model, variables, images, targets, masks, sfn, batch)
+    masks = pipeline.minmax(up, eps=1e-8) if o.normalize else up
+    scores = _masked_scores(model, variables, images, targets, masks, sfn, o.batch)
     # An empty cluster has no map: it can be neither base nor scissors.
     empty = counts == 0
     base = jnp.argmax(jnp.where(empty, -jnp.inf, scores), axis=1)
     scissors = jnp.argmin(jnp.where(empty, jnp.inf, scores), axis=1)
     pick = jax.vmap(lambda m, q: m[q])
-    heat = beta * pick(cluster_maps, base) - (1 - beta) * pick(cluster_maps, scissors)
+    heat = o.beta * pick(cluster_maps, base) - (1 - o.beta) * pick(cluster_maps, scissors)
     return {
         "heatmap": pipeline.finish([heat], size),
         "labels": labels,
@@ -430,8 +421,9 @@ def _cluster_cam_details(
     }
 
 
-_OPTIONS = tuple(inspect.signature(_cluster_cam_details).parameters)[4:]  # after model..targets
-_cluster_cam_jit = jax.jit(_cluster_cam_details, static_argnums=0, static_argnames=_OPTIONS)
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _cluster_cam_jit(model, variables, images, targets, options: tuple):
+    return _cluster_cam_details(model, variables, images, targets, **dict(options))
 
 
 def cluster_cam_details(model, variables, images, targets, **options) -> dict:
@@ -440,14 +432,13 @@ def cluster_cam_details(model, variables, images, targets, **options) -> dict:
     Returns the dict of :func:`_cluster_cam_details`.
     """
     pipeline.check_inputs(model, images, targets)
-    unknown = set(options) - set(_OPTIONS)
+    unknown = set(options) - set(CLUSTER_CAM_DEFAULTS)
     if unknown:
-        raise ValueError(f"options: unknown {sorted(unknown)}; expected some of {list(_OPTIONS)}")
+        raise ValueError(f"options: unknown {sorted(unknown)}; expected some of {list(CLUSTER_CAM_DEFAULTS)}")
     if isinstance(options.get("layer"), list):
         options["layer"] = tuple(options["layer"])
-    return _cluster_cam_jit(
-        model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets), **options
-    )
+    static = tuple(sorted(options.items()))
+    return _cluster_cam_jit(model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets), static)
 
 
 @register(
@@ -481,3 +472,6 @@ def cluster_cam(
         return _cluster_cam_details(model, variables, images, targets, **options)["heatmap"]
 
     return fn
+
+
+CLUSTER_CAM_DEFAULTS = {k: p.default for k, p in inspect.signature(cluster_cam).parameters.items()}

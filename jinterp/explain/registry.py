@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jinterp.checks import check_images, check_targets
-from jinterp.ops.spec import format_spec, parse, with_options
+from jinterp.ops.spec import format_spec, parse, with_options  # noqa: F401  (format_spec, parse re-exported)
 
 ExplainFn = Callable[..., jax.Array]
 Count = int | Callable[..., int]
@@ -178,17 +178,3 @@ def explain(spec: str, model, variables: dict, images: jax.Array, targets: jax.A
     check_images(images, min_size=int(getattr(model, "min_size", 1)))
     check_targets(targets, np.shape(images)[0], getattr(model, "num_classes", None))
     return fn(model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets))
-
-
-__all__ = [
-    "METHODS",
-    "Method",
-    "explain",
-    "format_spec",
-    "get",
-    "jitted",
-    "method",
-    "parse",
-    "register",
-    "with_defaults",
-]
