@@ -141,8 +141,9 @@ def paper(backbone: str, arg: str | None) -> ml_collections.ConfigDict:
         for spec in c.losses.values():
             if "num_groups" in spec:  # fewer groups: a 2-epoch run still re-clusters on real statistics
                 spec.num_groups = 4
-            if "recluster_every" in spec:
+            if "recluster_every" in spec:  # every epoch, and training in it (no clustering-only epochs)
                 spec.recluster_every = 1
+                spec.cluster_only = False
     return c
 
 

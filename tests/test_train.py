@@ -260,7 +260,9 @@ def test_lr_schedules(sched, steps_per_epoch, want):
 def test_interpretability_losses_train_and_recluster(tmp_path):
     """icCNN re-clusters between epochs; its loss is logged and the groups change from the initial blocks."""
     cfg = tiny_config(**{"train.steps": 16, "train.log_every": 8})
-    cfg.losses = {"iccnn": {"layer": "conv2", "num_groups": 2, "weight": 0.5, "recluster_every": 1}}
+    cfg.losses = {
+        "iccnn": {"layer": "conv2", "num_groups": 2, "weight": 0.5, "recluster_every": 1, "cluster_only": False}
+    }
     summary = train.train_and_evaluate(cfg, str(tmp_path), data=MemoryData().data(cfg.data))
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"train"' in line]
     assert all(
@@ -273,7 +275,7 @@ def test_interpretability_losses_train_and_recluster(tmp_path):
 def test_epoch_hook_reclusters_from_ordered_training_statistics():
     """run_epoch_hooks == update_stats over the full training batches in index order, then recluster."""
     cfg = tiny_config(**{"train.hook_batches": 3})
-    cfg.losses = {"iccnn": {"layer": "conv2", "num_groups": 3, "recluster_every": 2}}
+    cfg.losses = {"iccnn": {"layer": "conv2", "num_groups": 3, "recluster_every": 2, "cluster_only": False}}
     src = MemoryData()
     data = src.data(cfg.data)
     trainer = train.Trainer(cfg)

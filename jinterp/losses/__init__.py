@@ -13,10 +13,11 @@ value, state, logs = spec(out, labels, state)           # in jit, per batch; wei
                                                         # logs = {"iccnn/group": ...} (unweighted terms)
 # between epochs (icCNN: every `recluster_every` epochs while epoch < `recluster_until`)
 if spec.reclusters_at(epoch):
-    stats = spec.init_stats(shapes)
-    for batch in data:                                  # forward passes only (eval mode); jit update_stats
-        stats = spec.update_stats(stats, out, labels, state)
-    state = spec.recluster(state, stats, key)           # spectral clustering on device
+    for phase in range(spec.recluster_phases):          # HICCNN: deep groups, eq. 9, then shallow
+        stats = spec.init_stats(shapes, phase)
+        for batch in data:                              # forward passes only (eval mode); jit update_stats
+            stats = spec.update_stats(stats, out, labels, state, phase)
+        state = spec.recluster(state, stats, key, phase)   # spectral clustering on device
 ```
 
 Several specs at once: ``apply(specs, out, labels, states)`` with ``states = {spec.name: state}``; with
@@ -26,8 +27,8 @@ Specs without a between-epoch step (``sync``) return ``False`` from ``reclusters
 ``init_stats``/``update_stats``/``recluster`` are identities, so a trainer needs no special cases.
 
 icCNN's own schedule spends each clustering epoch on clustering only (no training step; reference-code
-notes §1); a trainer reproducing it exactly skips training in epochs where ``reclusters_at`` is true.
-Before the first ``recluster`` the groups are contiguous channel blocks.
+notes §1): with ``cluster_only=True`` (the default) ``jinterp.train`` runs no training step in epochs
+where ``reclusters_at`` is true. Before the first ``recluster`` the groups are contiguous channel blocks.
 
 Losses: ``iccnn`` (HICCNN eq. 1-6: lambda * L_group + beta * L_multi), ``hiccnn`` (adds gamma * L_hier,
 eq. 8-12; gamma = 0 is ICCNN, gamma = lambda = 0 a plain CNN), ``sync`` (TNNLS'24 eq. 3-10:
@@ -81,6 +82,7 @@ class ICCNN:
     ema_decay: float = 0.95
     recluster_every: int = 2
     recluster_until: int = 200
+    cluster_only: bool = True
     kmeans_iters: int = 100
     kmeans_init: int = 10
 
@@ -89,6 +91,13 @@ class ICCNN:
     def __post_init__(self):
         if self.num_groups < 1:
             raise ValueError(f"num_groups: expected >= 1, got {self.num_groups}")
+        if self.recluster_every < 1:
+            raise ValueError(f"recluster_every: expected >= 1, got {self.recluster_every}")
+        if self.cluster_only and self.recluster_every == 1 and self.recluster_until > 0:
+            raise ValueError(
+                "cluster_only: with recluster_every=1 every epoch before recluster_until would only "
+                "cluster (no training); set cluster_only=False or recluster_every >= 2"
+            )
         if self.multi_weight and self.num_classes < 2:
             raise ValueError(f"num_classes: multi_weight > 0 needs num_classes >= 2, got {self.num_classes}")
         check_choice("activation", self.activation, ("mean", "code"))
@@ -100,6 +109,11 @@ class ICCNN:
     def reclusters_at(self, epoch: int) -> bool:
         """True at the start of epochs where the groups are re-clustered (icCNN schedule)."""
         return epoch % self.recluster_every == 0 and epoch < self.recluster_until
+
+    @property
+    def recluster_phases(self) -> int:
+        """Passes over the data a re-clustering takes (one statistics pass per phase)."""
+        return 1
 
     def _sample_weight(self, labels):
         if self.positive_class is None:
@@ -131,14 +145,14 @@ class ICCNN:
             value, logs = value + self.multi_weight * multi, {**logs, f"{self.name}/multi": multi}
         return value, {**state, "ema": ema, "count": count}, logs
 
-    def init_stats(self, shapes: dict) -> dict:
+    def init_stats(self, shapes: dict, phase: int = 0) -> dict:
         _, h, w, c = shapes[self.layer]
         return {"deep": grouping.init_stats(c, (h, w))}
 
-    def update_stats(self, stats: dict, out: dict, labels: jax.Array, state: dict) -> dict:
+    def update_stats(self, stats: dict, out: dict, labels: jax.Array, state: dict, phase: int = 0) -> dict:
         return {**stats, "deep": grouping.update_stats(stats["deep"], out[self.layer])}
 
-    def recluster(self, state: dict, stats: dict, key: jax.Array) -> dict:
+    def recluster(self, state: dict, stats: dict, key: jax.Array, phase: int = 0) -> dict:
         sim = grouping.similarity(stats["deep"])
         groups = clustering.spectral_clustering(
             sim, self.num_groups, key, self.kmeans_iters, self.kmeans_init
@@ -152,8 +166,11 @@ class HICCNN(ICCNN):
 
     value = lambda * L_group + beta * L_multi + gamma * L_hier (Algorithm 1 l. 12/14); gamma =
     ``hier_weight`` = 0.01 (HICCNN §4). Deep regions come from the deep groups (threshold 0.5 on the
-    min-max normalised group map); the shallow filters are re-clustered into ``num_subgroups`` inside each
-    region between epochs, with the same schedule as the deep groups (see ``losses.hierarchical``).
+    min-max normalised group map). Between epochs, with the deep groups' schedule and in Algorithm 1's
+    order, one pass per phase: (0) the deep filters are clustered (eq. 1), (1) with ``refine_deep`` the
+    grouping is refined from the masked shallow maps (eq. 9), (2) the shallow filters are clustered into
+    ``num_subgroups`` inside each region of the new grouping (see ``losses.hierarchical``).
+    ``refine_deep=False`` skips eq. 9 (the deep grouping is the correlation clustering alone).
     """
 
     layer: str = "conv5_3"
@@ -161,12 +178,20 @@ class HICCNN(ICCNN):
     hier_weight: float = 0.01
     num_subgroups: int = 5
     threshold: float = 0.5
+    refine_deep: bool = True
 
     name: ClassVar[str] = "hiccnn"
 
     @property
     def layers(self) -> tuple[str, ...]:
         return (self.shallow_layer, self.layer)
+
+    @property
+    def recluster_phases(self) -> int:
+        return 3 if self.refine_deep else 2
+
+    def _phase(self, phase: int) -> str:
+        return "deep" if phase == 0 else ("shallow" if phase == self.recluster_phases - 1 else "refine")
 
     def init(self, shapes: dict) -> dict:
         state = super().init(shapes)
@@ -212,28 +237,31 @@ class HICCNN(ICCNN):
         new_state = {**new_state, "hier_center": center}
         return value + self.hier_weight * hier, new_state, {**logs, f"{self.name}/hier": hier}
 
-    def init_stats(self, shapes: dict) -> dict:
-        stats = super().init_stats(shapes)
+    def init_stats(self, shapes: dict, phase: int = 0) -> dict:
+        kind = self._phase(phase)
+        if kind == "deep":
+            return super().init_stats(shapes)
+        if kind == "refine":
+            return {"refine": hierarchical.init_guidance(shapes[self.layer][-1], self.num_groups)}
         _, h, w, c = shapes[self.shallow_layer]
-        return {**stats, "shallow": hierarchical.init_stats(self.num_groups, c, (h, w))}
+        return {"shallow": hierarchical.init_stats(self.num_groups, c, (h, w))}
 
-    def update_stats(self, stats: dict, out: dict, labels: jax.Array, state: dict) -> dict:
-        stats = super().update_stats(stats, out, labels, state)
-        shallow = hierarchical.update_stats(
-            stats["shallow"],
-            out[self.layer],
-            out[self.shallow_layer],
-            state["groups"],
-            self.num_groups,
-            self.threshold,
-        )
-        return {**stats, "shallow": shallow}
+    def update_stats(self, stats: dict, out: dict, labels: jax.Array, state: dict, phase: int = 0) -> dict:
+        kind = self._phase(phase)
+        if kind == "deep":
+            return super().update_stats(stats, out, labels, state)
+        update = hierarchical.update_guidance if kind == "refine" else hierarchical.update_stats
+        deep, shallow = out[self.layer], out[self.shallow_layer]
+        return {kind: update(stats[kind], deep, shallow, state["groups"], self.num_groups, self.threshold)}
 
-    def recluster(self, state: dict, stats: dict, key: jax.Array) -> dict:
-        deep_key, shallow_key = jax.random.split(key)
-        state = super().recluster(state, stats, deep_key)
+    def recluster(self, state: dict, stats: dict, key: jax.Array, phase: int = 0) -> dict:
+        kind = self._phase(phase)
+        if kind == "deep":
+            return super().recluster(state, stats, key)
+        if kind == "refine":
+            return {**state, "groups": hierarchical.refine_groups(stats["refine"], state["groups"])}
         sub = hierarchical.recluster(
-            stats["shallow"], self.num_subgroups, shallow_key, self.kmeans_iters, self.kmeans_init
+            stats["shallow"], self.num_subgroups, key, self.kmeans_iters, self.kmeans_init
         )
         return {**state, "subgroups": sub}
 
@@ -258,6 +286,9 @@ class Sync:
     def layers(self) -> tuple[str, ...]:
         return (self.layer,)
 
+    cluster_only: ClassVar[bool] = False
+    recluster_phases: ClassVar[int] = 0
+
     def reclusters_at(self, epoch: int) -> bool:
         return False
 
@@ -272,13 +303,13 @@ class Sync:
         value = self.lac_weight * lac + self.sync_weight * snc
         return value, state, {f"{self.name}/lac": lac, f"{self.name}/sync": snc}
 
-    def init_stats(self, shapes: dict) -> dict:
+    def init_stats(self, shapes: dict, phase: int = 0) -> dict:
         return {}
 
-    def update_stats(self, stats: dict, out: dict, labels: jax.Array, state: dict) -> dict:
+    def update_stats(self, stats: dict, out: dict, labels: jax.Array, state: dict, phase: int = 0) -> dict:
         return stats
 
-    def recluster(self, state: dict, stats: dict, key: jax.Array) -> dict:
+    def recluster(self, state: dict, stats: dict, key: jax.Array, phase: int = 0) -> dict:
         return state
 
 

@@ -9,11 +9,22 @@ leaves most steps open, so this is our reading, step by step:
    (default 0.5, our choice: the paper only says "exceeding a threshold"). Masks carry no gradient:
    the paper builds them from "the deep feature maps of the previous training round".
 2. Eq. 8: M_s^k = M_k * F_s, one masked shallow map per deep region.
-3. Eq. 9 (re-clustering inside regions): between epochs, like icCNN's grouping. For every region k
-   the similarity of eq. 1 is accumulated over the masked shallow maps M_s^k and its shallow filters
+3. Eq. 9, refining the deep grouping (``refine_deep=True``): F_refined = M_channel(C_deep, F_s), "the
+   masking operation applied to the deep-layer feature map using the shallow features as guidance".
+   Our reading: the guidance of rough deep group k is its masked shallow activity g_k = M_k *
+   mean_c(F_s) (eq. 8 averaged over shallow channels), brought to the deep resolution; every deep
+   filter j is scored by how much more of its activation mass lies under g_k than under a uniform map
+   (lift_jk = (sum_x F_j g_k / sum_x F_j) / mean_x g_k, averaged over the data) and re-assigned to
+   argmax_k lift_jk. A filter whose mass sits in its own group's region stays; one the correlation
+   clustering misplaced moves to the region it actually fires in (:func:`refine_groups`).
+4. Clustering inside regions (§3.2: "the shallow feature maps are then clustered within these
+   regions"): between epochs, like icCNN's grouping, under the (refined) deep regions. For every region
+   k the similarity of eq. 1 is accumulated over the masked shallow maps M_s^k and its shallow filters
    are spectrally clustered into ``num_subgroups`` clusters A_k1..A_kG -> ids (K, C_s). Doing it
-   between epochs keeps the per-batch cost to one masked correlation per region.
-4. Eq. 10-12: every (region k, cluster g) is a cluster of eq. 10 with the icCNN ratio
+   between epochs keeps the per-batch cost to one masked correlation per region. Algorithm 1 order:
+   the deep layer is re-clustered first and the shallow statistics are gathered under the new regions
+   (a second pass over the data), so subgroup row k always belongs to deep group k.
+5. Eq. 10-12: every (region k, cluster g) is a cluster of eq. 10 with the icCNN ratio
    S_within/S_all (eq. 3-4, per-image Pearson+1 of M_s^k, EMA-centred as in icCNN) and weight
    F_normed,kg / sum F_normed, where F_kg is the mean activation per filter of cluster g inside region k
    over the batch. Eq. 11 and 12 both multiply by F_normed; we apply the normalised weight once (eq. 12)
@@ -97,10 +108,45 @@ def update_stats(
     return jax.vmap(grouping.update_stats)(stats, masked)
 
 
+def init_guidance(num_filters: int, num_groups: int) -> dict:
+    """Empty eq. 9 statistics: summed lift (C_d, K) of every deep filter under every region's guidance."""
+    return {"lift": jnp.zeros((num_filters, num_groups), jnp.float32), "count": jnp.zeros((), jnp.float32)}
+
+
+def update_guidance(
+    stats: dict,
+    deep: jax.Array,
+    shallow: jax.Array,
+    groups: jax.Array,
+    num_groups: int,
+    threshold: float = 0.5,
+    eps: float = 1e-8,
+) -> dict:
+    """Add a batch to the eq. 9 statistics (reading in the module docstring, step 3; jittable)."""
+    deep = jnp.maximum(jnp.asarray(deep, jnp.float32), 0.0)
+    shallow = jnp.asarray(shallow, jnp.float32)
+    masks = region_masks(deep, groups, num_groups, shallow.shape[1:3], threshold)  # (B, K, h_s, w_s)
+    guide = masks * shallow.mean(-1)[:, None]  # eq. 8 averaged over the shallow channels
+    b, h, w, _ = deep.shape
+    guide = jax.image.resize(guide, (b, num_groups, h, w), "linear")  # to the deep resolution
+    share = jnp.einsum("bhwc,bkhw->bck", deep, guide) / (deep.sum((1, 2))[..., None] + eps)
+    lift = share / (guide.mean((2, 3))[:, None, :] + eps)  # (B, C_d, K); 0 where a region is empty
+    return {"lift": stats["lift"] + lift.sum(0), "count": stats["count"] + b}
+
+
+def refine_groups(stats: dict, groups: jax.Array) -> jax.Array:
+    """Eq. 9: each deep filter moves to the region with the highest mean lift (ties and filters that
+    never fired keep their rough group) -> (C_d,) ids."""
+    lift = stats["lift"] / jnp.maximum(stats["count"], 1.0)
+    own = jnp.take_along_axis(lift, groups[:, None], axis=1)[:, 0]
+    best = jnp.argmax(lift, axis=1)
+    return jnp.where(jnp.max(lift, axis=1) > own, best, groups).astype(groups.dtype)
+
+
 def recluster(
     stats: dict, num_subgroups: int, key: jax.Array, iters: int = 100, n_init: int = 10
 ) -> jax.Array:
-    """Eq. 9: spectral clustering of the shallow filters inside every region -> ids (K, C_s)."""
+    """Step 4: spectral clustering of the shallow filters inside every region -> ids (K, C_s)."""
     sims = jax.vmap(grouping.similarity)(stats)
     keys = jax.random.split(key, sims.shape[0])
     return jax.vmap(lambda s, k: clustering.spectral_clustering(s, num_subgroups, k, iters, n_init))(

@@ -14,7 +14,7 @@ evaluation, checkpoints as periodic actions), :mod:`.loop` (``train_and_evaluate
 """
 
 from jinterp.data.feed import Data, load_split, shard_batch
-from jinterp.train.checkpoint import Checkpoints, IncompatibleCheckpointError
+from jinterp.train.checkpoint import Checkpoints, IncompatibleCheckpointError, restore_variables
 from jinterp.train.config import (
     OPTIMIZERS,
     SCHEDULES,
@@ -58,6 +58,7 @@ __all__ = [
     "predict",
     "resolve_sweep_strategy",
     "restore_model",
+    "restore_variables",
     "shard_batch",
     "total_steps",
     "train_and_evaluate",

@@ -70,6 +70,24 @@ class Checkpoints:
         self.manager.close()
 
 
+def restore_variables(workdir: str) -> dict:
+    """``{"params", "batch_stats"}`` of the latest checkpoint in ``workdir``, whatever its optimiser and
+    losses (``config.train.init_from``: continue from a trained model with another recipe).
+
+    Raises:
+      ValueError: ``workdir`` holds no checkpoint.
+    """
+    checkpoints = Checkpoints(workdir, asynchronous=False)
+    try:
+        step = checkpoints.latest_step()
+        if step is None:
+            raise ValueError(f"config.train.init_from: no checkpoint in {checkpoints.directory}")
+        raw = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    finally:
+        checkpoints.close()
+    return {"params": raw["state"]["params"], "batch_stats": raw["state"].get("batch_stats", {})}
+
+
 def _path_str(path) -> str:
     keys = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
     return "/".join(str(k) for k in keys)

@@ -62,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2
     c.train.hook_batches = 0  # batches per re-clustering pass (0: whole train split)
     c.train.sweep_strategy = "auto"  # numeric sweeps: vmap|map|sequential|auto (resolve_sweep_strategy)
+    c.train.init_from = ""  # workdir of a trained run: start from its params / batch_stats (fresh optimiser)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adam | adamw | sgd

@@ -19,7 +19,7 @@ import numpy as np
 from jinterp.data import feed
 from jinterp.train import actions, parallel
 from jinterp.train import state as state_lib
-from jinterp.train.checkpoint import Checkpoints
+from jinterp.train.checkpoint import Checkpoints, restore_variables
 from jinterp.train.config import check_workdir, total_steps, validate_config
 from jinterp.train.trainer import Trainer
 
@@ -71,7 +71,10 @@ def _start(trainer: Trainer, checkpoints: Checkpoints, n_steps: int, t_start: fl
     fresh one, and the loop's :class:`actions.Run`."""
     state = checkpoints.restore(trainer.abstract_state(n_steps), trainer.meta())
     if state is None:
-        return trainer.init_state(n_steps), actions.Run(n_steps, 0, False, t_start)
+        state = trainer.init_state(n_steps)
+        if trainer.config.train.init_from:
+            state = trainer.with_variables(state, restore_variables(trainer.config.train.init_from))
+        return state, actions.Run(n_steps, 0, False, t_start)
     stored = int(np.asarray(jax.device_get(state.hparams["total_steps"])).ravel()[0])
     if trainer.config.train.time_budget_s:
         n_steps = stored  # a wall-clock budget fixed the length on the first run

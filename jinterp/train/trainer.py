@@ -22,6 +22,7 @@ from jinterp.checks import check_choice
 from jinterp.data import feed
 from jinterp.train import optim, parallel, recluster, step
 from jinterp.train import state as state_lib
+from jinterp.train.checkpoint import check_tree_compatible
 from jinterp.train.config import num_classes
 
 
@@ -37,6 +38,26 @@ def build_losses(config_losses) -> tuple:
             losses.LOSSES[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
         )
     return tuple(specs)
+
+
+def computed_terms(specs: tuple, points) -> tuple:
+    """``specs`` with every weight that a sweep point sets but the config leaves at 0 switched on (1.0).
+
+    A spec skips a term whose weight is 0 (HICCNN's ``hier_weight``, icCNN's ``multi_weight``); the train
+    step weights the terms with ``state.hparams["loss_weights"]`` (the config's 0 for the base point), so
+    switching the term on here only makes it computed where a point needs it.
+    """
+    fields = {tuple(path.split(".")[1:]) for p in points or () for path in p if path.startswith("losses.")}
+    out = []
+    for spec in specs:
+        off = {f: 1.0 for name, f in fields if name == spec.name and not getattr(spec, f)}
+        try:
+            out.append(dataclasses.replace(spec, **off) if off else spec)
+        except ValueError as e:
+            raise ValueError(
+                f"sweep point: losses.{spec.name}.{sorted(off)} cannot be swept from 0: {e}"
+            ) from None
+    return tuple(out)
 
 
 class Trainer:
@@ -59,7 +80,8 @@ class Trainer:
         model_kwargs = dict(config.model.get("kwargs", {}) or {})
         self.model = backbones.create(config.model.name, num_classes=self.num_classes, **model_kwargs)
         self.tx = optim.make_optimizer(config.optimizer)
-        self.specs = build_losses(config.get("losses", {}))
+        self.loss_specs = build_losses(config.get("losses", {}))  # as configured: they seed the weights
+        self.specs = computed_terms(self.loss_specs, points)  # what the step computes
         self.mesh = parallel.make_mesh(int(config.get("num_devices", 0) or 0))
         self.batch_size = int(config.train.batch_size)
         if self.batch_size % self.mesh.devices.size:
@@ -99,7 +121,7 @@ class Trainer:
 
     def init_state(self, total_steps: int = 1) -> state_lib.TrainState:
         """Fresh state (stacked over sweep points if any, in one compiled call), replicated over the mesh."""
-        hps = state_lib.point_hparams(self.config, self.specs, total_steps, self.points)
+        hps = state_lib.point_hparams(self.config, self.loss_specs, total_steps, self.points)
         keys = [jax.random.PRNGKey(int(hp.pop("seed"))) for hp in hps]  # raw uint32 keys: arrays for Orbax
         init = state_lib.make_init(
             self.model, self.tx, self.specs, self.image_size, self.out_shapes(), self.config.optimizer.name
@@ -115,6 +137,24 @@ class Trainer:
             jax.eval_shape(lambda: self.init_state(total_steps)),
         )
 
+    def with_variables(self, state, variables: dict):
+        """``state`` with ``params`` / ``batch_stats`` taken from ``variables`` (every sweep point alike).
+
+        Raises:
+          IncompatibleCheckpointError: a name or shape differs from this model's.
+        """
+        abstract = {"params": state.params, "batch_stats": state.batch_stats}
+        if self.points is not None:
+            abstract = jax.tree.map(lambda x: x[0], abstract)
+        check_tree_compatible(variables, abstract, "config.train.init_from")
+        new = jax.tree.map(
+            lambda a, x: jnp.broadcast_to(jnp.asarray(x, a.dtype), a.shape),
+            {"params": state.params, "batch_stats": state.batch_stats},
+            variables,
+        )
+        new = jax.device_put(new, self.repl)
+        return state.replace(params=new["params"], batch_stats=new["batch_stats"])
+
     def meta(self) -> dict:
         """What a checkpoint must match to be resumed by this trainer."""
         return {
@@ -125,15 +165,18 @@ class Trainer:
             "points": None if self.points is None else len(self.points),
         }
 
-    def hooks(self, due: tuple, specs) -> tuple:
-        """The compiled re-clustering functions for the losses named in ``due`` (built once per set)."""
-        if due not in self._hooks:
-            self._hooks[due] = recluster.compile_hooks(self.model, specs, self.mesh, self.points is not None)
-        return self._hooks[due]
+    def hooks(self, specs, phase: int) -> tuple:
+        """The compiled re-clustering functions of ``specs`` for ``phase`` (built once per set and phase)."""
+        key = (tuple(s.name for s in specs), phase)
+        if key not in self._hooks:
+            stacked = self.points is not None
+            self._hooks[key] = recluster.compile_hooks(self.model, specs, self.mesh, stacked, phase)
+        return self._hooks[key]
 
-    def run_epoch_hooks(self, state, data: feed.Data, epoch: int):
-        """Re-cluster the filters of every loss with ``reclusters_at(epoch)`` (see :mod:`.recluster`)."""
-        return recluster.recluster_due(self, state, data, epoch)
+    def run_epoch_hooks(self, state, data: feed.Data, train_epoch: int):
+        """Re-cluster before training epoch ``train_epoch``: every schedule epoch up to it, clustering-only
+        ones included (see :mod:`.recluster`)."""
+        return recluster.before_training_epoch(self, state, data, train_epoch)
 
     def evaluate(self, state, data: feed.Data, split: str = "test") -> dict:
         """Accuracy and mean loss over a whole split (partial last batch padded and masked)."""
