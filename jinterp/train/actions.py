@@ -25,6 +25,7 @@ class Run:
     compile_s: float | None = None
     steps_per_s: float | None = None
     t_loop: float | None = None  # wall clock after the first (compiling) step
+    t_step: float = 0.0  # wall clock when the current step was dispatched
     step_at_loop: int = 0
 
 
@@ -66,7 +67,7 @@ class Progress:
 
     def __init__(self, run: Run, writer: MetricsWriter, every: int, log):
         self.run, self.writer, self.every, self.log = run, writer, every, log
-        self.pending, self.t_begin = [], time.time()
+        self.pending = []
 
     def __call__(self, step: int, state, metrics):
         run = self.run
@@ -74,7 +75,7 @@ class Progress:
         if run.compile_s is None:
             jax.block_until_ready(state.step)
             run.t_loop = time.time()
-            run.compile_s, run.step_at_loop = run.t_loop - self.t_begin, step
+            run.compile_s, run.step_at_loop = run.t_loop - run.t_step, step
         if step % self.every == 0 or step == run.total:
             self._report(step)
         return state

@@ -57,7 +57,9 @@ def train_and_evaluate(config, workdir: str, *, points=None, data: feed.Data | N
         while step < run.total:
             if step % per_epoch == 0:
                 state = trainer.run_epoch_hooks(state, data, step // per_epoch)
-            state, metrics = trainer.train_step(state, next(batches))
+            batch = next(batches)
+            run.t_step = time.time()  # the first step's time is its compile time, batch loading excluded
+            state, metrics = trainer.train_step(state, batch)
             step += 1
             for action in after_step:
                 state = action(step, state, metrics)
