@@ -179,6 +179,7 @@ def run(mode: str, config, workdir: str):
     from jinterp import train
 
     train.validate_config(config)
+    train.parallel.initialize(config)  # every mode: a multi-host job starts JAX's runtime first
     workdir = train.check_workdir(workdir)
     modes = {"train": train_mode, "sweep": sweep_mode, "evaluate": evaluate_mode, "explain": explain_mode,
              "show_data": show_data_mode, "concepts": concepts_mode, "compare": compare_mode}  # fmt: skip

@@ -87,6 +87,7 @@ def run_sweep(
     Returns:
       one row per point: its overrides, ``test_accuracy``, ``test_loss``, ``workdir``, ``vmapped``.
     """
+    train.parallel.initialize(config)  # before resolve_sweep_strategy asks for the backend
     workdir = train.check_workdir(workdir)
     points = collect_points(sweep_fn, arg)
     for p in points:

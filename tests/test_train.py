@@ -7,6 +7,7 @@ Runs on a tiny ``small_cnn`` (widths 4, 8) and an in-memory 16 px data set that 
 import json
 import math
 import os
+import threading
 
 import chex
 import jax
@@ -38,10 +39,10 @@ class Killed(Exception):
 class MemoryData:
     """An in-memory data source with ``jinterp.data.load``'s signature and order contract."""
 
-    def __init__(self, n_train=64, n_test=40, size=16, kill_at=None):
+    def __init__(self, n_train=64, n_test=40, size=16, kill_at=None, stall_at=None):
         self.splits = {"train": _images(n_train, size, 0), "test": _images(n_test, size, 1)}
         self.served = []  # (split, start_step) of every iterator, to check resume offsets
-        self.kill_at = kill_at
+        self.kill_at, self.stall_at = kill_at, stall_at  # raise / block forever at that training step
 
     def load(
         self,
@@ -69,6 +70,8 @@ class MemoryData:
             order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
             if split == "train" and step == self.kill_at:
                 raise Killed(f"killed at step {step}")
+            if split == "train" and step == self.stall_at:
+                threading.Event().wait()  # a hung host: only a kill ends it
             idx = order[j * batch_size : (j + 1) * batch_size]
             rows = np.array_split(idx, host_count)[host_id]
             yield {"image": x[rows], "label": y[rows], "index": rows}
@@ -261,7 +264,13 @@ def test_interpretability_losses_train_and_recluster(tmp_path):
     """icCNN re-clusters between epochs; its loss is logged and the groups change from the initial blocks."""
     cfg = tiny_config(**{"train.steps": 16, "train.log_every": 8})
     cfg.losses = {
-        "iccnn": {"layer": "conv2", "num_groups": 2, "weight": 0.5, "recluster_every": 1, "cluster_only": False}
+        "iccnn": {
+            "layer": "conv2",
+            "num_groups": 2,
+            "weight": 0.5,
+            "recluster_every": 1,
+            "cluster_only": False,
+        }
     }
     summary = train.train_and_evaluate(cfg, str(tmp_path), data=MemoryData().data(cfg.data))
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"train"' in line]

@@ -28,7 +28,10 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameter init and dropout
     c.num_devices = 0  # data-parallel devices (0: all)
-    c.distributed = False  # multi-host: call jax.distributed.initialize() first
+    c.distributed = False  # multi-host: start JAX's distributed runtime first (jinterp.train.parallel)
+    c.coordinator_address = ""  # host:port of process 0 ('' = $JAX_COORDINATOR_ADDRESS or auto-detected)
+    c.num_processes = 0  # 0 = $JAX_NUM_PROCESSES or auto-detected (SLURM, TPU pods, Open MPI, ...)
+    c.process_id = -1  # -1 = $JAX_PROCESS_ID or auto-detected
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "small_cnn"  # jinterp.backbones.MODELS

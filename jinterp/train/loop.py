@@ -7,6 +7,7 @@ Data order is a pure function of ``(config.data.seed, step)`` and per-step rando
 ``fold_in(state.rng, step)``, so a resumed run sees exactly what an uninterrupted run would.
 """
 
+import io
 import json
 import os
 import sys
@@ -41,6 +42,7 @@ def train_and_evaluate(config, workdir: str, *, points=None, data: feed.Data | N
     validate_config(config)
     workdir = check_workdir(workdir)
     parallel.initialize(config)
+    log = log if jax.process_index() == 0 else io.StringIO()  # one progress line per run, not per host
     data = data or feed.Data(config.data)
     trainer = Trainer(config, points=points)
     per_epoch = max(data.num_examples("train") // trainer.batch_size, 1)

@@ -6,6 +6,7 @@ replicated and XLA inserts the gradient all-reduce. Multi-host runs call ``jax.d
 array is assembled with ``jax.make_array_from_process_local_data`` (``jinterp.data.feed.shard_batch``).
 """
 
+import os
 from collections.abc import Callable
 
 import jax
@@ -38,9 +39,29 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def initialize(config: ml_collections.ConfigDict) -> None:
-    """Start JAX's distributed runtime when ``config.distributed`` (once per process)."""
-    if config.get("distributed", False) and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    """Start JAX's distributed runtime when ``config.distributed`` (once per process, before any jax work).
+
+    ``config.coordinator_address`` / ``num_processes`` / ``process_id`` win; unset ones come from
+    ``$JAX_COORDINATOR_ADDRESS`` / ``$JAX_NUM_PROCESSES`` / ``$JAX_PROCESS_ID`` or, where none is set,
+    from JAX's cluster auto-detection (SLURM, TPU pods, Open MPI, Kubernetes). On CPU the cross-process
+    collectives go through gloo (``jax_cpu_collectives_implementation``; accelerators use their own).
+    """
+    if not config.get("distributed", False) or jax.distributed.is_initialized():
+        return
+    given = {
+        "coordinator_address": config.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        "num_processes": config.num_processes or _env_int("JAX_NUM_PROCESSES"),
+        "process_id": config.process_id if config.process_id >= 0 else _env_int("JAX_PROCESS_ID"),
+    }
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    if value and not value.lstrip("-").isdigit():
+        raise ValueError(f"${name}: expected an integer, got {value!r}")
+    return int(value) if value else None
 
 
 def resolve_sweep_strategy(config: ml_collections.ConfigDict) -> str:
