@@ -26,7 +26,7 @@ def min_size(model: nn.Module) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _layer_shapes(model: nn.Module, size: int) -> dict:
+def _layer_shapes(model: nn.Module, size: int | tuple[int, int]) -> dict:
     order = []
 
     def init(key, x):
@@ -34,7 +34,8 @@ def _layer_shapes(model: nn.Module, size: int) -> dict:
         order.extend(out)  # pytrees sort dict keys; the trace itself sees execution order
         return out
 
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    height, width = (size, size) if isinstance(size, int) else size
+    x = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
     shapes = jax.eval_shape(init, jax.random.key(0), x)
     return {k: shapes[k].shape for k in order}
 
@@ -44,16 +45,22 @@ def layer_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(_layer_shapes(model, max(min_size(model), 64)))
 
 
-def layer_shapes(model: nn.Module, image_size: int) -> dict[str, tuple[int, ...]]:
-    """``{layer: (1, h, w, C)}`` for a square input of side ``image_size``."""
-    return dict(_layer_shapes(model, image_size))
+def layer_shapes(model: nn.Module, image_size: int | tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """``{layer: (1, h, w, C)}`` for a square input of side ``image_size``, or an (H, W) input."""
+    size = int(image_size) if np.ndim(image_size) == 0 else tuple(int(s) for s in image_size)
+    return dict(_layer_shapes(model, size))
 
 
 def check_layers(model: nn.Module, layers: Sequence[str], argument: str = "layers") -> tuple[str, ...]:
-    """Validate layer names against :func:`layer_names`; returns them as a tuple."""
+    """Validate layer names (a name or a list / tuple of names) against :func:`layer_names`; returns
+    them as a tuple."""
     if isinstance(layers, str):
         layers = (layers,)
     valid = layer_names(model)
+    if not isinstance(layers, tuple | list) or not all(isinstance(k, str) for k in layers):
+        raise ValueError(
+            f"{argument}: expected a layer name or a list of names from {list(valid)}, got {layers!r}"
+        )
     for layer in layers:
         check_choice(argument, layer, valid)
     if not layers:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jinterp.backbones import feature_grads
-from jinterp.checks import check_choice
+from jinterp.checks import check_choice, check_int, check_number
 from jinterp.explain import pipeline
 from jinterp.explain.registry import register
 
@@ -88,37 +88,37 @@ def layer_cam_map(maps, grads):
 
 
 @register("cam", needs_gradients=True, forward_passes=1, backward_passes=1, doc="CAM (Zhou 2016), eq. 1-2")
-def cam(layer=None):
+def cam(layer: pipeline.Layer = None):
     """CAM: class weights of a GAP + linear head (:func:`cam_weights`); ``layer`` default the last spatial."""
     return gradient_explainer(channel_weighted(cam_weights), layer)
 
 
 @register("grad_cam", needs_gradients=True, forward_passes=1, backward_passes=1, doc="Grad-CAM, eq. 3")
-def grad_cam(layer=None):
+def grad_cam(layer: pipeline.Layer = None):
     """Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of d logit / d map. Matches PGC GradCAM."""
     return gradient_explainer(channel_weighted(grad_cam_weights), layer)
 
 
 @register("grad_cam_pp", needs_gradients=True, forward_passes=1, backward_passes=1, doc="Grad-CAM++, eq. 4")
-def grad_cam_pp(layer=None):
+def grad_cam_pp(layer: pipeline.Layer = None):
     """Grad-CAM++ (Chattopadhay et al. 2018), :func:`grad_cam_pp_weights`. Matches PGC GradCAMPlusPlus."""
     return gradient_explainer(channel_weighted(grad_cam_pp_weights), layer)
 
 
 @register("xgrad_cam", needs_gradients=True, forward_passes=1, backward_passes=1, doc="XGrad-CAM, eq. 6")
-def xgrad_cam(layer=None):
+def xgrad_cam(layer: pipeline.Layer = None):
     """XGrad-CAM (Fu et al. 2020), :func:`xgrad_cam_weights`. Matches PGC XGradCAM."""
     return gradient_explainer(channel_weighted(xgrad_cam_weights), layer)
 
 
 @register("hires_cam", needs_gradients=True, forward_passes=1, backward_passes=1, doc="HiResCAM")
-def hires_cam(layer=None):
+def hires_cam(layer: pipeline.Layer = None):
     """HiResCAM, :func:`hires_cam_map`. Matches PGC HiResCAM."""
     return gradient_explainer(hires_cam_map, layer)
 
 
 @register("layer_cam", needs_gradients=True, forward_passes=1, backward_passes=1, doc="LayerCAM")
-def layer_cam(layer=None):
+def layer_cam(layer: pipeline.Layer = None):
     """LayerCAM, :func:`layer_cam_map`. Matches PGC LayerCAM."""
     return gradient_explainer(layer_cam_map, layer)
 
@@ -130,7 +130,7 @@ def layer_cam(layer=None):
     backward_passes=lambda samples: samples,
     doc="Smooth Grad-CAM++, eq. 5",
 )
-def smooth_grad_cam_pp(layer=None, samples: int = 4, std: float = 0.3, seed: int = 0):
+def smooth_grad_cam_pp(layer: pipeline.Layer = None, samples: int = 4, std: float = 0.3, seed: int = 0):
     """Smooth Grad-CAM++ (Omeiza et al. 2019), eq. 5.
 
     The gradients at ``samples`` noisy copies ``x + N(0, std^2)`` are averaged per power (D1, D2 =
@@ -138,7 +138,11 @@ def smooth_grad_cam_pp(layer=None, samples: int = 4, std: float = 0.3, seed: int
     Defaults ``samples=4, std=0.3`` (absolute noise on the normalised input) are torch-cam's
     ``SmoothGradCAMpp``; unlike torch-cam, which multiplies the alphas by the *last* sample's
     gradient, eq. 5's averaged gradient is used. Noise comes from ``jax.random.key(seed)`` (pure).
+    Validated: ``samples`` an int >= 1, ``std`` a finite number >= 0, ``seed`` an int in [0, 2^31).
     """
+    check_int("samples", samples, low=1)
+    check_number("std", std, low=0.0)
+    check_int("seed", seed, low=0)
 
     def fn(model, variables, images, targets):
         pipeline.check_inputs(model, images, targets)
@@ -162,7 +166,7 @@ def smooth_grad_cam_pp(layer=None, samples: int = 4, std: float = 0.3, seed: int
 
 
 @register("eigen_cam", needs_gradients=False, forward_passes=1, backward_passes=0, doc="Eigen-CAM")
-def eigen_cam(layer=None, sign: str = "svd"):
+def eigen_cam(layer: pipeline.Layer = None, sign: str = "svd"):
     """Eigen-CAM (Muhammad & Yeasin 2020): projection of the position-centred maps on their first
     right singular vector (PGC ``get_2d_projection``), then ReLU and scaling. Class-agnostic.
 

@@ -24,8 +24,8 @@ import numpy as np
 from jinterp.backbones import check_layers, layer_shapes, min_size
 from jinterp.backbones.base import PERTURBATIONS
 from jinterp.backbones.taps import strip_perturbations
-from jinterp.checks import check_images, check_targets
-from jinterp.explain import lrp, rules
+from jinterp.checks import check_images, check_int, check_targets
+from jinterp.explain import lrp, pipeline, rules
 from jinterp.explain.registry import register
 
 
@@ -43,7 +43,7 @@ def _lower_and_upper(model, variables, images, targets, layer, composite):
     """One forward: logits, map at ``layer``, cotangent at ``layer`` from the target logit, and the
     VJP of images -> map (the lower network), whose residuals every channel's backward shares."""
     variables = strip_perturbations(variables)
-    shape = layer_shapes(model, images.shape[1])[layer]
+    shape = layer_shapes(model, images.shape[1:3])[layer]
     zeros = jnp.zeros((images.shape[0], *shape[1:]), images.dtype)
 
     def upper(pert):
@@ -132,7 +132,7 @@ def conditional_heatmaps(
     check_targets(targets, n, getattr(model, "num_classes", None))
     (layer,) = check_layers(model, (layer,), "layer")
     comp = lrp.check_composite(model, rules.composite(composite), tuple(np.shape(images)))
-    n_ch = layer_shapes(model, np.shape(images)[1])[layer][-1]
+    n_ch = layer_shapes(model, np.shape(images)[1:3])[layer][-1]
     ch = np.arange(n_ch) if channels is None else np.asarray(channels)
     if ch.ndim == 1:
         ch = np.broadcast_to(ch, (n, ch.shape[0]))
@@ -142,8 +142,7 @@ def conditional_heatmaps(
         raise ValueError(
             f"channels: indices must lie in [0, {n_ch}) for layer {layer!r}, got {ch.min()}..{ch.max()}"
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    check_int("batch_size", batch_size, low=1)
     _, heat, rel, all_rel = _crp(
         model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets), jnp.asarray(ch, jnp.int32),
         layer, comp, int(batch_size), bool(abs_norm),
@@ -151,15 +150,26 @@ def conditional_heatmaps(
     return heat, rel, all_rel
 
 
-def crp(layer: str | None = None, channel: int | None = None, composite: str = "epsilon_plus_flat"):
+def crp(layer: str | None = None, channel: int | None = None, composite: lrp.Composite = "epsilon_plus_flat"):
     """Registry factory: the CRP heatmap of one channel of ``layer`` (default: each image's most
-    relevant channel of the last tapped conv layer), positive part scaled to [0, 1]."""
+    relevant channel of the last tapped conv layer), positive part scaled to [0, 1].
+
+    Validated: ``channel`` None or an int >= 0, below the layer's channel count (checked when ``fn``
+    sees the model); ``fn``'s inputs as :func:`jinterp.explain.lrp.lrp`'s (any H x W, not only square).
+    """
+    if channel is not None:
+        check_int("channel", channel, low=0)
+    comp = rules.composite(composite)
 
     def fn(model, variables, images, targets):
-        from jinterp.explain import pipeline
-
-        lay = layer or pipeline.default_layer(model)
-        comp = lrp.check_composite(model, rules.composite(composite), tuple(images.shape))
+        pipeline.check_inputs(model, images, targets)
+        (lay,) = (
+            pipeline.resolve_layers(model, layer) if layer is None else check_layers(model, (layer,), "layer")
+        )
+        n_ch = layer_shapes(model, tuple(images.shape[1:3]))[lay][-1]
+        if channel is not None and channel >= n_ch:
+            raise ValueError(f"channel: expected an int in [0, {n_ch}) for layer {lay!r}, got {channel}")
+        lrp.check_composite(model, comp, tuple(images.shape))
         logits, amap, c_layer, vjp_low = _lower_and_upper(model, variables, images, targets, lay, comp)
         rel = (amap * c_layer).sum((1, 2))
         ch = jnp.argmax(rel, -1) if channel is None else jnp.full((images.shape[0],), channel)

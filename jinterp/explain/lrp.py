@@ -38,8 +38,8 @@ import numpy as np
 from jinterp.backbones import check_layers, layer_names, min_size
 from jinterp.backbones.base import PERTURBATIONS
 from jinterp.backbones.taps import strip_perturbations
-from jinterp.checks import check_choice, check_images, check_targets
-from jinterp.explain import rules
+from jinterp.checks import check_choice, check_images, check_number, check_targets
+from jinterp.explain import pipeline, rules
 from jinterp.explain.lrp_sites import GRADIENT_MODULES, ConvMap, Site, check_composite, lrp_context, sites
 from jinterp.explain.registry import register
 
@@ -151,23 +151,43 @@ def to_heatmap(relevance: jax.Array) -> jax.Array:
     return jnp.where(peak > 0, r / jnp.where(peak > 0, peak, 1.0), 0.0).astype(jnp.float32)
 
 
+Composite = str | dict | rules.Composite  # a rules.COMPOSITES name, a {kind: rule} dict, or a Composite
+
+
 def _composite_from_options(composite, low, high, gamma):
+    """The composite of a factory's options; validated: a known name / dict / Composite, ``low`` and
+    ``high`` finite with ``low < high``, ``gamma`` finite and >= 0."""
     import inspect
 
-    if composite not in rules.COMPOSITES:
+    check_number("low", low)
+    check_number("high", high, low=low, open_low=True)
+    check_number("gamma", gamma, low=0.0)
+    if not isinstance(composite, str) or composite not in rules.COMPOSITES:
         return rules.composite(composite)
     params = inspect.signature(rules.COMPOSITES[composite]).parameters
     opts = {k: v for k, v in (("low", low), ("high", high), ("gamma", gamma)) if k in params}
     return rules.composite(composite, **opts)
 
 
-def lrp(composite: str = "epsilon_plus_flat", init: str = "logit", low=-1.0, high=1.0, gamma: float = 0.25):
+def lrp(
+    composite: Composite = "epsilon_plus_flat",
+    init: str = "logit",
+    low: float = -1.0,
+    high: float = 1.0,
+    gamma: float = 0.25,
+):
     """Registry factory: LRP heatmaps (positive part of the channel-summed input relevance, see
-    :func:`to_heatmap`). ``low``/``high`` (z^B box) and ``gamma`` go to composites that take them."""
+    :func:`to_heatmap`). ``low``/``high`` (z^B box) and ``gamma`` go to composites that take them.
+
+    The returned ``fn`` checks what is static (images real (N, H, W, 3) >= ``min_size``, targets (N,)
+    integers; their values too when called on concrete arrays); :func:`jinterp.explain.explain`
+    always checks values (NaN / inf images, target range) before the jitted call.
+    """
     check_choice("init", init, INITS)
     comp = _composite_from_options(composite, low, high, gamma)
 
     def fn(model, variables, images, targets):
+        pipeline.check_inputs(model, images, targets)
         check_composite(model, comp, tuple(images.shape))
         logits, _, backward = forward(model, variables, images, comp)
         return to_heatmap(backward(INITS[init](logits, targets))[0])
@@ -232,19 +252,27 @@ def rescaled_difference(a_target: jax.Array, a_dual: jax.Array) -> jax.Array:
 
 def _contrastive(method):
     def factory(
-        composite: str = "bounded_deep_taylor", variant: str = "reference", low=-1.0, high=1.0, gamma=0.25
+        composite: Composite = "bounded_deep_taylor",
+        variant: str = "reference",
+        low: float = -1.0,
+        high: float = 1.0,
+        gamma: float = 0.25,
     ):
         check_choice("variant", variant, ("reference", "paper"))
         comp = _composite_from_options(composite, low, high, gamma)
 
         def fn(model, variables, images, targets):
+            pipeline.check_inputs(model, images, targets)
             check_composite(model, comp, tuple(images.shape))
             return to_heatmap(contrastive_relevance(model, variables, images, targets, method, comp, variant))
 
         return fn
 
     factory.__name__ = method
-    factory.__doc__ = f"Registry factory: {method.upper()} heatmaps (see :func:`contrastive_relevance`)."
+    factory.__doc__ = (
+        f"Registry factory: {method.upper()} heatmaps (see :func:`contrastive_relevance`); inputs checked "
+        "as :func:`lrp`'s."
+    )
     return factory
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.checks import check_choice
+from jinterp.checks import check_choice, check_int, check_number
 from jinterp.explain import pipeline
 from jinterp.explain.registry import register
 from jinterp.ops import resize
@@ -36,8 +36,7 @@ def _base(model, variables, images, targets, layer):
 
 
 def _check_positive(argument: str, value: int) -> None:
-    if not (isinstance(value, int) and value >= 1):
-        raise ValueError(f"{argument}: expected a positive int, got {value!r}")
+    check_int(argument, value, low=1)
 
 
 # --------------------------------------------------------------------------------------- Score-CAM
@@ -90,7 +89,7 @@ def score_cam_weights(model, variables, images, targets, maps, *, batch, score, 
     doc="Score-CAM (Wang et al. 2020), eq. 8-9; at most C + 1 passes (constant maps skipped)",
 )
 def score_cam(
-    layer=None,
+    layer: pipeline.Layer = None,
     batch: int = 16,
     score: str = "logit",
     channel_softmax: bool = True,
@@ -189,7 +188,7 @@ def ablation_scores(model, variables, images, targets, layer, maps, *, batch, sc
     backward_passes=0,
     doc="Ablation-CAM (Desai & Ramaswamy 2020), eq. 7; C passes above the layer + 1",
 )
-def ablation_cam(layer=None, batch: int = 128, score: str = "logit"):
+def ablation_cam(layer: pipeline.Layer = None, batch: int = 128, score: str = "logit"):
     """Ablation-CAM, eq. 7: ``w_k = (S_c - S_c,k) / S_c`` with ``S_c,k`` the score when channel k of
     the layer is ablated; heat = ReLU(sum_k w_k A_k). Reproduces pytorch-grad-cam's
     ``AblationCAM`` (ratio_channels_to_ablate=1, logit score, same ablation value) but only
@@ -230,7 +229,7 @@ def ablation_cam(layer=None, batch: int = 128, score: str = "logit"):
     doc="Group-CAM (Zhang et al. 2021), reference code wofmanaf/Group-CAM",
 )
 def group_cam(
-    layer=None,
+    layer: pipeline.Layer = None,
     groups: int = 32,
     percentile: float = 70.0,
     blur_kernel: int = 51,
@@ -249,11 +248,14 @@ def group_cam(
     Args:
       layer: layer name(s); default :func:`jinterp.explain.pipeline.default_layer`; several layers
         are averaged after per-layer scaling.
-      groups, percentile, blur_kernel, blur_sigma: reference-code defaults.
+      groups, percentile, blur_kernel, blur_sigma: reference-code defaults; validated: ints >= 1,
+        ``percentile`` in [0, 100], ``blur_sigma`` > 0.
       batch: mixed images per forward pass.
     """
     for name, v in (("groups", groups), ("blur_kernel", blur_kernel), ("batch", batch)):
         _check_positive(name, v)
+    check_number("percentile", percentile, 0.0, 100.0)
+    check_number("blur_sigma", blur_sigma, 0.0, open_low=True)
 
     def fn(model, variables, images, targets):
         from jinterp.backbones import feature_grads
@@ -317,13 +319,15 @@ def _cluster_labels(maps, clusters, method, key, iters, n_init, sigma, theta):
     return spectral_clustering(affinity, clusters, key, iters=iters, n_init=n_init)
 
 
-def _check_cluster_options(method, score, beta, **positive) -> None:
+def _check_cluster_options(method, score, beta, seed=0, sigma=1.0, theta=0.0, **positive) -> None:
     check_choice("method", method, ("kmeans", "spectral"))
     check_choice("score", score, pipeline.SCORES)
     for name, v in positive.items():
         _check_positive(name, v)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta: expected a value in [0, 1], got {beta}")
+    check_number("beta", beta, 0.0, 1.0)
+    check_int("seed", seed, low=0)
+    check_number("sigma", sigma, 0.0, open_low=True)
+    check_number("theta", theta, 0.0, 1.0, open_high=True)
 
 
 def _representative_maps(maps, clusters, method, seed, iters, n_init, sigma, theta):
@@ -385,8 +389,9 @@ def _cluster_cam_details(model, variables, images, targets, **options):
     o = types.SimpleNamespace(**{**CLUSTER_CAM_DEFAULTS, **options})
     clusters = o.clusters
     _check_cluster_options(
-        o.method, o.score, o.beta, clusters=clusters, batch=o.batch, n_init=o.n_init, iters=o.iters
-    )
+        o.method, o.score, o.beta, o.seed, o.sigma, o.theta, clusters=clusters, batch=o.batch,
+        n_init=o.n_init, iters=o.iters,
+    )  # fmt: skip
     layers, logits, out = _base(model, variables, images, targets, o.layer)
     if len(layers) != 1:
         raise ValueError(f"layer: Cluster-CAM explains one layer, got {list(layers)}")
@@ -449,7 +454,7 @@ def cluster_cam_details(model, variables, images, targets, **options) -> dict:
     doc="Cluster-CAM (Feng et al. 2024), eq. 17-22; Q + 1 passes",
 )
 def cluster_cam(
-    layer=None,
+    layer: pipeline.Layer = None,
     clusters: int = 6,
     beta: float = 1.0,
     method: str = "kmeans",
@@ -465,8 +470,9 @@ def cluster_cam(
     """Cluster-CAM heatmaps; see :func:`cluster_cam_details` (same options) for the method and
     its intermediates (cluster maps, scores, cognition-base / -scissors)."""
     options = dict(locals())
-    check_choice("method", method, ("kmeans", "spectral"))
-    check_choice("score", score, pipeline.SCORES)
+    _check_cluster_options(
+        method, score, beta, seed, sigma, theta, clusters=clusters, batch=batch, n_init=n_init, iters=iters
+    )
 
     def fn(model, variables, images, targets):
         return _cluster_cam_details(model, variables, images, targets, **options)["heatmap"]

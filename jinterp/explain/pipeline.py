@@ -22,6 +22,9 @@ from jinterp.ops.resize import upsample
 
 EPS = 1e-7  # PGC scale_cam_image
 
+# The ``layer`` option of the CAMs: None (:func:`default_layer`), a layer name, or several (averaged).
+Layer = str | tuple[str, ...] | list[str] | None
+
 
 def minmax(x: jax.Array, axes: Sequence[int] = (-2, -1), eps: float = EPS) -> jax.Array:
     """``(x - min) / (max - min + eps)`` over ``axes``: [0, 1], zero for constant input (PGC)."""
@@ -63,7 +66,9 @@ def resolve_layers(model, layer: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def check_inputs(model, images, targets) -> None:
-    """Shape checks (and value checks on concrete arrays) for ``fn(model, variables, images, targets)``."""
+    """Checks of ``fn(model, variables, images, targets)``'s arrays: shapes and dtypes always (images
+    real (N, H, W, 3), H, W >= ``min_size``, N >= 1; targets (N,) integers), values (finiteness, target
+    range) only on concrete arrays (under ``jax.jit`` they are tracers)."""
     check_images(images, min_size=min_size(model))
     check_targets(targets, np.shape(images)[0], getattr(model, "num_classes", None))
 

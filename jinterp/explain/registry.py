@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.checks import check_images, check_targets
-from jinterp.ops.spec import format_spec, parse, with_options  # noqa: F401  (format_spec, parse re-exported)
+from jinterp.checks import check_bool, check_images, check_targets
+from jinterp.ops.spec import bind, format_spec, parse, with_options  # noqa: F401  (format_spec, parse re-exported)
 
 ExplainFn = Callable[..., jax.Array]
 Count = int | Callable[..., int]
@@ -54,17 +54,9 @@ class Method:
     doc: str
 
     def options(self, **overrides) -> dict[str, Any]:
-        """The factory's options with defaults, updated by ``overrides`` (validated)."""
-        sig = inspect.signature(self.factory)
-        try:
-            bound = sig.bind(**overrides)
-        except TypeError as e:
-            valid = [p for p in sig.parameters]
-            raise ValueError(
-                f"spec: bad options {sorted(overrides)} for {self.name!r} ({e}); valid: {valid}"
-            ) from e
-        bound.apply_defaults()
-        return dict(bound.arguments)
+        """The factory's options with defaults, updated by ``overrides``: names checked against the
+        factory's signature, values against its annotations (:func:`jinterp.ops.spec.bind`)."""
+        return bind("spec", self.name, self.factory, overrides)
 
     def passes(self, channels: int, **options) -> tuple[int, int]:
         """``(forward, backward)`` passes per image for a layer with ``channels`` channels."""
@@ -158,11 +150,17 @@ def jitted(spec: str) -> ExplainFn:
     return _compiled(_key(spec))
 
 
-def explain(spec: str, model, variables: dict, images: jax.Array, targets: jax.Array) -> jax.Array:
+def explain(
+    spec: str, model, variables: dict, images: jax.Array, targets: jax.Array, *, check_finite: bool = True
+) -> jax.Array:
     """Heatmaps for ``images`` and per-image ``targets`` with the method selected by ``spec``.
 
     Validates the inputs on the host, then calls the jitted function cached for (spec, model);
-    a second call with the same shapes does not retrace.
+    a second call with the same shapes does not retrace. Validated: the spec (method, option names and
+    types, option ranges), images (real (N, H, W, 3), N >= 1, H, W >= the model's ``min_size``, no NaN /
+    inf), targets (N,) integers in [0, num_classes). The raw functions of :func:`get` are jittable, so
+    they check only what is static there (shapes, dtypes, options); values (finiteness, target range)
+    are checked here, on concrete arrays.
 
     Args:
       spec: method spec, e.g. ``'grad_cam(layer="conv5_3")'`` (see :func:`parse`).
@@ -170,11 +168,15 @@ def explain(spec: str, model, variables: dict, images: jax.Array, targets: jax.A
       variables: its variables.
       images: (N, H, W, 3) float32.
       targets: (N,) int class per image.
+      check_finite: test the images for NaN / inf (one ``isfinite`` reduction on their device);
+        ``False`` skips it in speed-critical loops over inputs known to be finite.
 
     Returns:
       (N, H, W) float32 heatmaps in [0, 1].
     """
     fn = jitted(spec)
-    check_images(images, min_size=int(getattr(model, "min_size", 1)))
+    check_images(
+        images, min_size=int(getattr(model, "min_size", 1)), finite=check_bool("check_finite", check_finite)
+    )
     check_targets(targets, np.shape(images)[0], getattr(model, "num_classes", None))
     return fn(model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets))

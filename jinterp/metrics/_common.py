@@ -1,10 +1,15 @@
-"""Shared helpers of the metrics: shape checks, bilinear upsampling, normalised entropy, chunking."""
+"""Shared helpers of the metrics: shape checks, bilinear upsampling, normalised entropy, chunking.
+
+Every metric validates at its boundary: ranks and shapes, N >= 1 and no empty axis, real dtypes, no
+NaN / inf in maps, heatmaps and masks (:func:`check_maps`, :func:`check_masks`), option types and
+ranges (``jinterp.checks``).
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.checks import check_finite, is_concrete
+from jinterp.checks import check_finite, check_real, is_concrete
 
 
 def check_rank(argument: str, value, rank: int, layout: str) -> tuple[int, ...]:
@@ -40,10 +45,27 @@ def check_nonempty(argument: str, masks, axes: tuple[int, ...]) -> None:
 
 
 def check_maps(argument: str, value, rank: int, layout: str) -> tuple[int, ...]:
-    """Rank check plus NaN/inf check for feature maps and heatmaps."""
+    """Rank check, real dtype, no empty axis (N >= 1) and no NaN / inf, for feature maps and heatmaps."""
+    check_real(argument, value)
     shape = check_rank(argument, value, rank, layout)
+    if 0 in shape:
+        raise ValueError(f"{argument}: expected a non-empty {layout} array (N >= 1), got shape {shape}")
     check_finite(argument, value)
     return shape
+
+
+def check_masks(argument: str, masks) -> None:
+    """Masks are bool or real numbers in [0, 1] (binary, or soft), with no NaN / inf."""
+    dtype = np.dtype(getattr(masks, "dtype", None) or np.asarray(masks).dtype)
+    if dtype == np.bool_:
+        return
+    check_real(argument, masks)
+    check_finite(argument, masks)
+    if is_concrete(masks) and np.size(masks):
+        m = jnp.asarray(masks)
+        lo, hi = float(m.min()), float(m.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{argument}: expected values in [0, 1] (binary masks), got min {lo} max {hi}")
 
 
 def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.checks import check_images, check_same_shape, check_targets
+from jinterp.checks import (
+    check_choice,
+    check_images,
+    check_int,
+    check_number,
+    check_same_shape,
+    check_targets,
+)
 from jinterp.metrics._common import check_maps
 from jinterp.ops.blur import gaussian_blur_edge
 
@@ -45,12 +52,21 @@ def _confidence(apply_fn, images, heatmaps, targets, batch_size, has_targets, ep
     }
 
 
-def _check_inputs(images, heatmaps, targets):
+def _num_classes(apply_fn, images) -> int:
+    """Width of ``apply_fn``'s logits, from its shapes only (``jax.eval_shape``, no FLOPs)."""
+    probe = jax.ShapeDtypeStruct((1, *np.shape(images)[1:]), jnp.float32)
+    return int(jax.eval_shape(apply_fn, probe).shape[-1])
+
+
+def _check_inputs(apply_fn, images, heatmaps, targets, batch_size):
+    """Images (N, H, W, 3) finite, N >= 1; heatmaps (N, H, W) finite; targets (N,) integers in
+    [0, classes of ``apply_fn``); ``batch_size`` an int >= 1."""
     check_images(images)
     check_maps("heatmaps", heatmaps, 3, "(N, H, W)")
     check_same_shape("heatmaps", heatmaps, np.shape(images)[:3], "images' (N, H, W)")
     if targets is not None:
-        check_targets(targets, np.shape(images)[0])
+        check_targets(targets, np.shape(images)[0], _num_classes(apply_fn, images))
+    check_int("batch_size", batch_size, low=1)
 
 
 def confidence_change(
@@ -79,7 +95,7 @@ def confidence_change(
     Returns:
       dict with the four scalars and per-image ``p_image``, ``p_explanation``, ``targets``.
     """
-    _check_inputs(images, heatmaps, targets)
+    _check_inputs(apply_fn, images, heatmaps, targets, batch_size)
     has_targets = targets is not None
     t = jnp.asarray(targets, jnp.int32) if has_targets else jnp.zeros(np.shape(images)[0], jnp.int32)
     return _confidence(
@@ -93,8 +109,13 @@ def confidence_change(
     )
 
 
-# RISE's blur substrate (edge border), exported as ``jinterp.metrics.gaussian_blur``.
-gaussian_blur = gaussian_blur_edge
+def gaussian_blur(images: jax.Array, sigma: float = 5.0, size: int = 11) -> jax.Array:
+    """RISE's blur substrate (edge border, 11 px, σ = 5): :func:`jinterp.ops.blur.gaussian_blur_edge`
+    on (N, H, W, C) real images; validated: ``sigma`` finite > 0, ``size`` an int >= 1."""
+    check_images(images, channels=None)
+    check_number("sigma", sigma, 0.0, open_low=True)
+    check_int("size", size, low=1)
+    return gaussian_blur_edge(jnp.asarray(images, jnp.float32), float(sigma), size)
 
 
 @partial(
@@ -181,10 +202,12 @@ def perturbation_curve(
       targets: (N,) classes; default the argmax prediction on the clean image.
       mode: "deletion" or "insertion".
       order: "morf" or "lerf".
-      pixels_per_step: pixels changed per step; default ``ceil(H*W / 32)``. Seed 003 uses 200 px at 224².
-      n_steps: number of steps; default enough to change every pixel. Seed 003: 100 steps of 200 px.
-      substrate: "constant" (``constant``, RISE deletion default) or "blur" (Gaussian σ=``blur_sigma``,
-        RISE insertion default); default per mode as in RISE.
+      pixels_per_step: pixels changed per step (an int >= 1); default ``ceil(H*W / 32)``. Seed 003 uses
+        200 px at 224².
+      n_steps: number of steps (an int in [1, H*W]); default enough to change every pixel. Seed 003: 100
+        steps of 200 px.
+      substrate: "constant" (``constant``, RISE deletion default) or "blur" (Gaussian σ=``blur_sigma``
+        > 0, RISE insertion default); default per mode as in RISE.
       batch_size: forward chunk.
 
     Returns:
@@ -193,19 +216,16 @@ def perturbation_curve(
       (trapezoid over the fractions, so a partial sweep integrates over [0, last fraction]) and
       ``auc_mean``. Deletion-MoRF: lower is better; insertion-MoRF and deletion-LeRF: higher is better.
     """
-    _check_inputs(images, heatmaps, targets)
-    if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode: unknown value {mode!r}; expected one of ['deletion', 'insertion']")
-    if order not in ("morf", "lerf"):
-        raise ValueError(f"order: unknown value {order!r}; expected one of ['morf', 'lerf']")
+    _check_inputs(apply_fn, images, heatmaps, targets, batch_size)
+    check_choice("mode", mode, ("deletion", "insertion"))
+    check_choice("order", order, ("morf", "lerf"))
     substrate = substrate or ("constant" if mode == "deletion" else "blur")
-    if substrate not in ("constant", "blur"):
-        raise ValueError(f"substrate: unknown value {substrate!r}; expected one of ['constant', 'blur']")
+    check_choice("substrate", substrate, ("constant", "blur"))
+    check_number("constant", constant)
+    check_number("blur_sigma", blur_sigma, 0.0, open_low=True)
     n, h, w, _ = np.shape(images)
-    pps = int(pixels_per_step or -(-h * w // 32))
-    if pps < 1:
-        raise ValueError(f"pixels_per_step: expected >= 1, got {pixels_per_step}")
-    steps = int(n_steps or -(-h * w // pps))
+    pps = -(-h * w // 32) if pixels_per_step is None else check_int("pixels_per_step", pixels_per_step, 1)
+    steps = -(-h * w // pps) if n_steps is None else check_int("n_steps", n_steps, 1, h * w)
     has_targets = targets is not None
     t = jnp.asarray(targets, jnp.int32) if has_targets else jnp.zeros(n, jnp.int32)
     return _curve(

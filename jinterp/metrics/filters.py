@@ -21,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jinterp.checks import check_int, check_number
 from jinterp.metrics._common import (
     check_leading,
     check_maps,
+    check_masks,
     check_rank,
     chunked_map,
     masked_mean,
@@ -36,8 +38,7 @@ DEFAULT_PHI = 0.2  # seed 002 §IV-A.5, animal part data sets (0.04 for Broden)
 
 
 def _check_fraction(argument, value, low=0.0, high=1.0):
-    if not (low < float(value) <= high):
-        raise ValueError(f"{argument}: expected a value in ({low}, {high}], got {value}")
+    check_number(argument, value, low, high, open_low=True)
 
 
 @partial(jax.jit, static_argnames=("top_quantile",))
@@ -108,6 +109,9 @@ def part_iou(maps: jax.Array, part_masks: jax.Array, thresholds: jax.Array, chun
     check_leading("part_masks", part_masks, (n,), "maps' N")
     if np.shape(thresholds) != (c,):
         raise ValueError(f"thresholds: expected shape ({c},) (one per filter), got {np.shape(thresholds)}")
+    check_masks("part_masks", part_masks)
+    check_maps("thresholds", thresholds, 1, "(C,)")
+    chunk = check_int("chunk", chunk, low=1)
     return _part_iou(
         jnp.asarray(maps, jnp.float32), jnp.asarray(part_masks), jnp.asarray(thresholds), int(chunk)
     )

@@ -19,18 +19,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jinterp.checks import check_same_shape
-from jinterp.metrics._common import check_maps, check_nonempty, check_rank, masked_mean
+from jinterp.checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_number,
+    check_real,
+    check_same_shape,
+    check_sequence,
+)
+from jinterp.metrics._common import check_maps, check_masks, check_nonempty, check_rank, masked_mean
 
 DEFAULT_ENERGIES = tuple(float(e) for e in np.round(np.arange(1, 21) * 0.05, 2))  # seed 003: 0.05 ... 1.0
 DCNE_THRESHOLDS = (0, 25, 50, 100, 150, 200, 250)  # DCNE score_explanations.py, uint8 scale
 
 
 def _check_pair(heatmaps, masks, empty, mask_axes=(1, 2)):
+    """(N, H, W) finite heatmaps, N >= 1; masks of the same shape, finite, in [0, 1]; ``empty``."""
     shape = check_maps("heatmaps", heatmaps, 3, "(N, H, W)")
     check_same_shape("masks", masks, shape, "heatmaps")
-    if empty not in ("error", "ignore"):
-        raise ValueError(f"empty: unknown value {empty!r}; expected one of ['error', 'ignore']")
+    check_masks("masks", masks)
+    check_choice("empty", empty, ("error", "ignore"))
     if empty == "error":
         check_nonempty("masks", masks, mask_axes)
     return shape
@@ -48,6 +57,8 @@ def boxes_to_masks(boxes: jax.Array, size: tuple[int, int], box_format: str = "t
     check_rank("boxes", boxes, 2, "(N, 4)")
     if np.shape(boxes)[1] != 4:
         raise ValueError(f"boxes: expected shape (N, 4), got {np.shape(boxes)}")
+    check_real("boxes", boxes)
+    check_finite("boxes", boxes)
     if box_format not in ("tfds", "yxyx", "xyxy"):
         raise ValueError(
             f"box_format: unknown value {box_format!r}; expected one of ['tfds', 'yxyx', 'xyxy']"
@@ -120,6 +131,8 @@ def energy_pointing_game(
         check_same_shape("boxes", boxes, (np.shape(heatmaps)[0], 4), "(N, 4) for the heatmaps' N")
         masks = boxes_to_masks(boxes, np.shape(heatmaps)[1:], box_format)
     _check_pair(heatmaps, masks, empty)
+    for e in check_sequence("energies", energies):
+        check_number("energies", e, 0.0, 1.0, open_low=True)
     energies = jnp.asarray(energies, jnp.float32)
     valid = jnp.asarray(masks).reshape(np.shape(masks)[0], -1).any(-1)
     per_image = _energy_pointing(jnp.asarray(heatmaps, jnp.float32), jnp.asarray(masks), energies)
@@ -166,6 +179,7 @@ def pointing_game(heatmaps: jax.Array, masks: jax.Array, tolerance: int = 0, emp
       dict with ``per_image`` (N,) in {0, 1} (NaN for ignored empty masks), ``mean`` and ``valid``.
     """
     _check_pair(heatmaps, masks, empty)
+    tolerance = check_int("tolerance", tolerance, low=0, high=max(np.shape(heatmaps)[1:]))
     valid = jnp.asarray(masks).reshape(np.shape(masks)[0], -1).any(-1)
     hit = _pointing(jnp.asarray(heatmaps, jnp.float32), jnp.asarray(masks), int(tolerance))
     return {"per_image": jnp.where(valid, hit, jnp.nan), "mean": masked_mean(hit, valid), "valid": valid}
@@ -203,6 +217,7 @@ def localization_iou(heatmaps: jax.Array, masks: jax.Array, k_std: float = 1.0, 
       dict with ``per_image`` (N,) (NaN for ignored empty masks), ``mean`` and ``valid``.
     """
     _check_pair(heatmaps, masks, empty)
+    k_std = check_number("k_std", k_std)
     h = jnp.asarray(heatmaps, jnp.float32)
     m = jnp.asarray(masks).astype(bool)
     thr = h.mean((1, 2), keepdims=True) + k_std * h.std((1, 2), keepdims=True)
@@ -248,8 +263,11 @@ def mean_max_iou(maps: jax.Array, masks: jax.Array, thresholds=DCNE_THRESHOLDS) 
     """
     n, _, h, w = check_maps("maps", maps, 4, "(N, M, H, W)")
     shape = check_rank("masks", masks, 4, "(N, F, H, W)")
-    if shape[0] != n or shape[2:] != (h, w):
-        raise ValueError(f"masks: expected shape ({n}, F, {h}, {w}) (as maps' N, H, W), got {shape}")
+    if shape[0] != n or shape[2:] != (h, w) or shape[1] == 0:
+        raise ValueError(f"masks: expected shape ({n}, F >= 1, {h}, {w}) (as maps' N, H, W), got {shape}")
+    check_masks("masks", masks)
+    for t in check_sequence("thresholds", thresholds):
+        check_number("thresholds", t)
     thresholds = jnp.asarray(thresholds, jnp.float32)
     best = _dcne(jnp.asarray(maps, jnp.float32), jnp.asarray(masks), thresholds)
     present = jnp.asarray(masks).astype(bool).any((2, 3))  # (N, F)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import metrics as skm
 
-from jinterp.checks import check_images, check_targets
+from jinterp.checks import check_images, check_int, check_sequence, check_targets
 from jinterp.metrics._common import check_maps, chunked_map, chunked_sum
 from jinterp.ops.clustering import spectral_clustering
 
@@ -190,14 +190,14 @@ def pruning_curve(
     """
     check_images(images)
     check_targets(targets, np.shape(images)[0])
-    c = np.shape(importance)[0]
-    if np.ndim(importance) != 1:
-        raise ValueError(f"importance: expected shape (C,), got {np.shape(importance)}")
-    n_pruned = (
-        np.unique(np.r_[np.linspace(0, c - 1, 17).astype(int)]) if n_pruned is None else np.asarray(n_pruned)
-    )
-    if n_pruned.min() < 0 or n_pruned.max() >= c:
-        raise ValueError(f"n_pruned: expected values in [0, {c - 1}], got {n_pruned.tolist()}")
+    c = check_maps("importance", importance, 1, "(C,)")[0]
+    check_int("batch_size", batch_size, low=1)
+    if n_pruned is None:
+        n_pruned = np.unique(np.r_[np.linspace(0, c - 1, 17).astype(int)])
+    else:
+        n_pruned = np.asarray(
+            [check_int("n_pruned", k, 0, c - 1) for k in check_sequence("n_pruned", n_pruned)]
+        )
     rank = jnp.argsort(jnp.argsort(jnp.asarray(importance)))
     keeps = (rank[None, :] >= jnp.asarray(n_pruned)[:, None]).astype(jnp.float32)
     acc = _pruning(apply_fn, jnp.asarray(images, jnp.float32), jnp.asarray(targets), keeps, int(batch_size))
