@@ -3,6 +3,7 @@
     python launch.py --config configs/quickstart.py --workdir runs/quickstart                  # train
     python launch.py --config configs/vgg16.py:hiccnn,runlocal --workdir /tmp/v --config.train.steps=20
     python launch.py --config configs/quickstart.py --workdir runs/qs_sweep --mode sweep       # sweep(add)
+    python launch.py --config configs/quickstart.py --workdir runs/qs_sweep --mode sweep --sweep_shard=1/4
     python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode evaluate  # report.md
     python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode explain   # heatmaps
     python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode show_data
@@ -32,6 +33,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, 
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Same as --mode sweep.")
 _RUNS = flags.DEFINE_string("runs", "", "--mode compare: name=path/to/metrics.json,name=...")
+_SHARD = flags.DEFINE_string(
+    "sweep_shard", "0/1", "--mode sweep: train points i, i+n, ... of the sweep (i/n)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -71,8 +75,11 @@ def sweep_mode(config, workdir: str) -> list:
     spec.loader.exec_module(module)  # `from configs import common` resolves: launch.py sits in the root
     if not hasattr(module, "sweep"):
         raise ValueError(f"--mode sweep: {path} defines no sweep(add) function")
-    rows = sweep.run_sweep(config, module.sweep, workdir, arg=arg or None)
-    print(open(os.path.join(os.path.abspath(workdir), "sweep.md")).read())
+    rows = sweep.run_sweep(config, module.sweep, workdir, arg=arg or None, shard=_SHARD.value)
+    table = os.path.join(workdir, "sweep.md")
+    print(
+        open(table).read() if os.path.exists(table) else f"shard {_SHARD.value} done; sweep.md once all are"
+    )
     return rows
 
 

@@ -16,6 +16,11 @@ after another there; measurements in ``jinterp.train.resolve_sweep_strategy``).
 Every point sees the same batches (``config.data.seed``); ``seed`` changes initialisation and dropout
 only. Other overrides (model, data, schedule shape, batch size) run one after another, each in its own
 workdir.
+
+Sweeps at scale: ``shard=(i, n)`` (``launch.py --mode sweep --sweep_shard=i/n``) trains the points
+``i, i + n, i + 2n, ...`` only, so n independent jobs (machines, accelerators, queue slots) share a sweep
+over one workdir; each writes ``sweep-shard-i-of-n.json`` and the job that completes the set writes
+the merged ``sweep.csv`` / ``sweep.md`` in point order (``merge_shards`` redoes it at any time).
 """
 
 import copy
@@ -70,6 +75,7 @@ def run_sweep(
     *,
     arg: str | None = None,
     vmap: bool = True,
+    shard: tuple[int, int] = (0, 1),
     data=None,
     log=sys.stderr,
 ) -> list[dict]:
@@ -82,6 +88,7 @@ def run_sweep(
       arg: the config argument (``configs/x.py:arg``), passed on to ``sweep_fn`` if it takes one.
       vmap: train numeric-only sweeps as one program (``config.train.sweep_strategy`` vmap / map; False or
         ``sequential``: always one after another).
+      shard: ``(i, n)``: train only the points whose index is ``i`` modulo ``n`` (see the module doc).
       data: optional ``jinterp.data.feed.Data`` (tests).
 
     Returns:
@@ -89,32 +96,71 @@ def run_sweep(
     """
     train.parallel.initialize(config)  # before resolve_sweep_strategy asks for the backend
     workdir = train.check_workdir(workdir)
+    index, count = check_shard(shard)
     points = collect_points(sweep_fn, arg)
     for p in points:
         apply_overrides(config, p)  # validate every point before training any
-    dirs = [os.path.join(workdir, f"{i:03d}_{_slug(p)}") for i, p in enumerate(points)]
+    mine = list(range(index, len(points), count))
+    dirs = {i: os.path.join(workdir, f"{i:03d}_{_slug(points[i])}") for i in mine}
     numeric = all(train.is_vmappable(k) for p in points for k in p)
-    stacked = vmap and numeric and len(points) > 1 and train.resolve_sweep_strategy(config) != "sequential"
+    stacked = vmap and numeric and len(mine) > 1 and train.resolve_sweep_strategy(config) != "sequential"
+    train_points = _train_stacked if stacked else _train_one_by_one
+    rows = train_points(config, points, mine, dirs, workdir, data, log, (index, count))
+    with open(os.path.join(workdir, f"sweep-shard-{index}-of-{count}.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    return merge_shards(workdir, count) or rows
+
+
+def check_shard(shard) -> tuple[int, int]:
+    """``(i, n)`` from a pair or an ``"i/n"`` string, with ``0 <= i < n``."""
+    try:
+        index, count = (int(x) for x in (shard.split("/") if isinstance(shard, str) else shard))
+    except (TypeError, ValueError):
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise ValueError(f"--sweep_shard: expected i/n with 0 <= i < n, got {shard!r}")
+    return index, count
+
+
+def _train_stacked(config, points, mine, dirs, workdir, data, log, shard) -> list[dict]:
+    """The numeric points ``mine`` trained as one program, then one ``summary.json`` per point."""
+    print(f"sweep: {len(mine)} numeric points, trained as one program over all points", file=log)
+    group = "vmapped" if shard[1] == 1 else f"vmapped-shard-{shard[0]}-of-{shard[1]}"
+    own = [points[i] for i in mine]
+    summary = train.train_and_evaluate(config, os.path.join(workdir, group), points=own, data=data, log=log)
     rows = []
-    if stacked:
-        print(f"sweep: {len(points)} numeric points, trained as one program over all points", file=log)
-        summary = train.train_and_evaluate(
-            config, os.path.join(workdir, "vmapped"), points=points, data=data, log=log
-        )
-        for i, (p, d) in enumerate(zip(points, dirs, strict=True)):
-            os.makedirs(d, exist_ok=True)
-            point_summary = {k: v for k, v in summary.items() if k not in ("state", "points")}
-            point_summary.update(summary["points"][i], point_index=i, overrides=p)
-            with open(os.path.join(d, "summary.json"), "w") as f:
-                json.dump(point_summary, f, indent=2)
-            rows.append({**p, "test_accuracy": point_summary["test_accuracy"],
-                         "test_loss": point_summary["test_loss"], "workdir": d, "vmapped": True})  # fmt: skip
-    else:
-        for i, (p, d) in enumerate(zip(points, dirs, strict=True)):
-            print(f"sweep: point {i + 1}/{len(points)} {p}", file=log)
-            summary = train.train_and_evaluate(apply_overrides(config, p), d, data=data, log=log)
-            rows.append({**p, "test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
-                         "workdir": d, "vmapped": False})  # fmt: skip
+    for j, i in enumerate(mine):
+        os.makedirs(dirs[i], exist_ok=True)
+        point_summary = {k: v for k, v in summary.items() if k not in ("state", "points")}
+        point_summary.update(summary["points"][j], point_index=i, overrides=points[i])
+        with open(os.path.join(dirs[i], "summary.json"), "w") as f:
+            json.dump(point_summary, f, indent=2)
+        rows.append(_row(i, points[i], point_summary, dirs[i], True))
+    return rows
+
+
+def _train_one_by_one(config, points, mine, dirs, workdir, data, log, shard) -> list[dict]:
+    rows = []
+    for i in mine:
+        print(f"sweep: point {i + 1}/{len(points)} {points[i]}", file=log)
+        summary = train.train_and_evaluate(apply_overrides(config, points[i]), dirs[i], data=data, log=log)
+        rows.append(_row(i, points[i], summary, dirs[i], False))
+    return rows
+
+
+def _row(index: int, point: dict, summary: dict, workdir: str, vmapped: bool) -> dict:
+    return {**point, "test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"],
+            "workdir": workdir, "vmapped": vmapped, "point": index}  # fmt: skip
+
+
+def merge_shards(workdir: str, count: int) -> list[dict] | None:
+    """All rows of the ``count`` shards in point order, written to ``sweep.csv`` / ``sweep.md``; None
+    (nothing written) while a shard's ``sweep-shard-i-of-n.json`` is still missing."""
+    paths = [os.path.join(workdir, f"sweep-shard-{i}-of-{count}.json") for i in range(count)]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    rows = sorted((r for p in paths for r in json.load(open(p))), key=lambda r: r["point"])
+    rows = [{k: v for k, v in r.items() if k != "point"} for r in rows]
     write_table(rows, workdir)
     return rows
 

@@ -72,3 +72,22 @@ def test_sweep_rejects_unknown_keys_before_training(tmp_path):
         sweep.run_sweep(tiny_config(), lambda add: add(**{"optimizer.learning_rate": 1.0}), str(tmp_path))
     assert not (tmp_path / "sweep.csv").exists()
     assert train.is_vmappable("losses.hiccnn.hier_weight") and not train.is_vmappable("losses.hiccnn.layer")
+
+
+def test_sweep_shards_train_their_points_and_merge_into_one_table(tmp_path):
+    """Two independent jobs (shards 0/2 and 1/2) over one workdir give the table of the whole sweep."""
+    cfg = tiny_config(**{"train.steps": 2, "train.checkpoint_every": 0, "train.log_every": 2})
+
+    def grid(add):
+        for lr in (1e-2, 3e-3, 1e-3):
+            add(**{"optimizer.lr": lr})
+
+    first = sweep.run_sweep(cfg, grid, str(tmp_path), shard="1/2", data=MemoryData().data(cfg.data))
+    assert [r["optimizer.lr"] for r in first] == [3e-3] and not (tmp_path / "sweep.md").exists()
+    rows = sweep.run_sweep(cfg, grid, str(tmp_path), shard=(0, 2), data=MemoryData().data(cfg.data))
+    assert [r["optimizer.lr"] for r in rows] == [1e-2, 3e-3, 1e-3]
+    assert [r["workdir"].rsplit("/", 1)[1][:3] for r in rows] == ["000", "001", "002"]
+    assert len(open(tmp_path / "sweep.md").read().splitlines()) == 2 + 3
+    for bad in ("2/2", "1", (0, 0), "a/b"):
+        with pytest.raises(ValueError, match="--sweep_shard: expected i/n"):
+            sweep.run_sweep(cfg, grid, str(tmp_path), shard=bad)
