@@ -10,6 +10,7 @@ and the one-call report (tables + figures) are ``jinterp.viz.write_report`` / ``
 Nothing here knows about training or checkpoints: the caller passes ``model`` and ``variables``.
 """
 
+import functools
 import json
 import os
 import time
@@ -195,6 +196,21 @@ def _filter_scores(maps, data, n_modules: int, phi: float) -> tuple[dict, dict, 
     return filters, {"inconsistency_diversity": _scalars(curve)}, modules
 
 
+def _on_local_devices(fn, model, variables, images, targets):
+    """``fn(model, variables, images, targets)`` with the images split over every local device (the
+    batch padded with its last image to a multiple of the device count, the padding dropped after)."""
+    devices = jax.local_devices()
+    n = len(targets)
+    pad = -n % len(devices)
+    images = jnp.concatenate([images, jnp.repeat(images[-1:], pad, axis=0)])
+    targets = jnp.concatenate([targets, jnp.repeat(targets[-1:], pad, axis=0)])
+    mesh = jax.make_mesh(
+        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    return fn(model, variables, jax.device_put(images, sharding), jax.device_put(targets, sharding))[:n]
+
+
 def _explanation_scores(model, variables, spec, layer, inputs, metrics, explain_batch):
     """Explain ``inputs["images"]`` with ``spec`` (layer filled in) and score it by ``metrics``:
     ``(full spec, {"seconds_per_image", "<prefix>_<key>": ...}, heatmaps)``."""
@@ -204,14 +220,12 @@ def _explanation_scores(model, variables, spec, layer, inputs, metrics, explain_
     images, targets = inputs["images"], inputs["targets"]
     n = len(targets)
     start = time.perf_counter()
-    heat = jnp.concatenate(
-        [
-            explain.explain(
-                spec, model, variables, images[i : i + explain_batch], targets[i : i + explain_batch]
-            )
-            for i in range(0, n, explain_batch)
-        ]
-    )
+    chunks = [
+        _on_local_devices(functools.partial(explain.explain, spec), model, variables, images[i : i + explain_batch],
+                          targets[i : i + explain_batch])
+        for i in range(0, n, explain_batch)
+    ]  # fmt: skip
+    heat = jnp.concatenate(chunks)
     scores = {"seconds_per_image": (time.perf_counter() - start) / n}
     for name in metrics:
         prefix = METRICS[name].prefix or name
