@@ -220,11 +220,13 @@ def _explanation_scores(model, variables, spec, layer, inputs, metrics, explain_
     images, targets = inputs["images"], inputs["targets"]
     n = len(targets)
     start = time.perf_counter()
+    run = functools.partial(explain.explain, spec)
     chunks = [
-        _on_local_devices(functools.partial(explain.explain, spec), model, variables, images[i : i + explain_batch],
-                          targets[i : i + explain_batch])
+        _on_local_devices(
+            run, model, variables, images[i : i + explain_batch], targets[i : i + explain_batch]
+        )
         for i in range(0, n, explain_batch)
-    ]  # fmt: skip
+    ]
     heat = jnp.concatenate(chunks)
     scores = {"seconds_per_image": (time.perf_counter() - start) / n}
     for name in metrics:
