@@ -14,7 +14,10 @@
 ``--config`` is a Python file with ``get_config(arg)`` (``file.py:arg`` passes ``arg``); any field can be
 overridden with ``--config.<path>=<value>`` (unknown keys and wrong types are rejected). Training resumes
 from the last checkpoint in ``--workdir``; ``evaluate``, ``explain`` and ``concepts`` restore it. Errors in
-the config, the workdir or the checkpoint print one line and exit 2. Each mode is a few lines over
+the config, the workdir, the checkpoint or the data print one line ``error: ...`` and exit 2 (``--debug``
+also prints the traceback); a damaged checkpoint is skipped for the newest one that restores
+(``jinterp.train.Checkpoints``); a non-finite loss stops training as ``train.nan_policy`` says. Each
+mode is a few lines over
 importable functions (``jinterp.train``, ``jinterp.sweep``, ``jinterp.metrics``, ``jinterp.viz``).
 """
 
@@ -22,6 +25,7 @@ import importlib.util
 import json
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -33,6 +37,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, 
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Same as --mode sweep.")
 _RUNS = flags.DEFINE_string("runs", "", "--mode compare: name=path/to/metrics.json,name=...")
+_DEBUG = flags.DEFINE_bool("debug", False, "On an error, print the traceback too.")
 _SHARD = flags.DEFINE_string(
     "sweep_shard", "0/1", "--mode sweep: train points i, i+n, ... of the sweep (i/n)."
 )
@@ -40,7 +45,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _methods(config) -> list[str]:
-    return [m.strip() for m in config.evaluate.methods.split(",") if m.strip()]
+    """``config.evaluate.methods`` as specs, each validated (method, options) before any work starts."""
+    from jinterp import explain
+
+    specs = [m.strip() for m in config.evaluate.methods.split(",") if m.strip()]
+    for spec in specs:
+        explain.method(spec)
+    return specs
 
 
 def _items(text: str) -> list[str]:
@@ -193,6 +204,26 @@ def run(mode: str, config, workdir: str):
     return modes[mode](config, workdir)
 
 
+def one_line(text: str) -> str:
+    """An error message on one line: a traceback embedded in it (config_flags puts the config file's in)
+    is reduced to its last line, the exception itself."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        head = lines[0] if not lines[0].startswith("Traceback") else ""
+        lines = [head, lines[-1]] if head else [lines[-1]]
+    return " ".join(lines)
+
+
+def report_error(e: BaseException, debug: bool) -> int:
+    """Print ``error: ...`` on one line (and the traceback with ``--debug``); the exit status, 2."""
+    if debug:
+        traceback.print_exception(e)
+    message = one_line(str(e)) if isinstance(e, ValueError) else f"{type(e).__name__}: {one_line(str(e))}"
+    hint = "" if debug or isinstance(e, ValueError) else " (rerun with --debug for the traceback)"
+    print(f"error: {message}{hint}", file=sys.stderr)
+    return 2
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -202,11 +233,13 @@ def main(argv):
     if _SWEEP.value and _MODE.value not in ("train", "sweep"):
         print(f"error: --sweep: only with --mode train or sweep, got --mode {_MODE.value}", file=sys.stderr)
         return 2
-    try:
+    try:  # ValueError: bad config, workdir, checkpoint, spec; anything else: one line too
+        path = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
+        if not os.path.isfile(path):
+            raise ValueError(f"--config: no config file at {path!r} (expected configs/<name>.py[:arg])")
         run(mode, _CONFIG.value, _WORKDIR.value)
-    except ValueError as e:  # bad config values, unwritable workdir, incompatible checkpoint
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        return report_error(e, _DEBUG.value)
     return 0
 
 
@@ -218,8 +251,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     """
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:  # wrong type, missing --workdir, unknown flag
-        print(f"error: {e}", file=sys.stderr)
+    except flags.Error as e:  # wrong type, missing --workdir, unknown flag, a config file that raised
+        if "--debug" in argv:
+            traceback.print_exception(e)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except (KeyError, AttributeError) as e:
         message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace("\n", " ")

@@ -14,7 +14,12 @@ evaluation, checkpoints as periodic actions), :mod:`.loop` (``train_and_evaluate
 """
 
 from jinterp.data.feed import Data, load_split, shard_batch
-from jinterp.train.checkpoint import Checkpoints, IncompatibleCheckpointError, restore_variables
+from jinterp.train.checkpoint import (
+    Checkpoints,
+    IncompatibleCheckpointError,
+    UnreadableCheckpointError,
+    restore_variables,
+)
 from jinterp.train.config import (
     OPTIMIZERS,
     SCHEDULES,
@@ -61,6 +66,7 @@ __all__ = [
     "restore_variables",
     "shard_batch",
     "total_steps",
+    "UnreadableCheckpointError",
     "train_and_evaluate",
     "validate_config",
 ]

@@ -82,7 +82,7 @@ class Progress:
 
     def _report(self, step: int) -> None:
         run, host = self.run, jax.device_get(self.pending)
-        mean = {k: np.mean([m[k] for m in host], axis=0) for k in host[0]}
+        mean = {k: _finite_mean([m[k] for m in host]) for k in host[0]}
         self.pending = []
         elapsed = time.time() - run.t_loop
         rate = (
@@ -97,6 +97,13 @@ class Progress:
             file=self.log,
             flush=True,
         )
+
+
+def _finite_mean(values) -> np.ndarray:
+    """Mean over steps of the finite values (skipped non-finite steps left out; NaN if none is finite)."""
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v)
+    return np.where(ok.any(0), np.where(ok, v, 0).sum(0) / np.maximum(ok.sum(0), 1), np.nan)
 
 
 class Budget:
@@ -152,3 +159,59 @@ class Checkpointing:
         if (self.every and step % self.every == 0) or step == self.run.total:
             self.checkpoints.save(step, state, self.meta)
         return state
+
+
+class NonFiniteLossError(ValueError):
+    """Training stopped at a step whose loss, gradients or update were NaN / inf."""
+
+
+class NonFiniteGuard:
+    """Watches ``metrics["nonfinite"]`` (the step function skips such an update, see
+    :func:`jinterp.train.step.make_train_step`) without a sync per step: the flags are read at the steps
+    where the loop syncs anyway (every ``log_every``-th, every checkpoint step, the last), and before the
+    checkpoint of that step is written, so a non-finite state is never saved.
+
+    ``policy="stop"``: raise :class:`NonFiniteLossError` with one line naming the first such step, its
+    loss terms and the last good checkpoint (kept). ``"skip"``: go on without those batches (one line
+    says which were skipped); stop as for "stop" only if every step since the last check was skipped
+    (the run diverged: no batch gives a finite update any more).
+    """
+
+    def __init__(self, run: Run, policy: str, every: int, checkpoint_every: int, checkpoints, log):
+        self.run, self.policy, self.every, self.checkpoint_every = run, policy, every, checkpoint_every
+        self.checkpoints, self.log = checkpoints, log
+        self.pending = []  # (step, metrics) since the last check, still on device
+
+    def __call__(self, step: int, state, metrics):
+        self.pending.append((step, metrics))
+        due = step % self.every == 0 or step == self.run.total
+        if due or (self.checkpoint_every and step % self.checkpoint_every == 0):
+            self._check()
+        return state
+
+    def _check(self) -> None:
+        pending, self.pending = self.pending, []
+        flags = jax.device_get([m["nonfinite"] for _, m in pending])
+        bad = [i for i, f in enumerate(flags) if np.any(np.asarray(f) > 0)]
+        if not bad:
+            return
+        steps = [pending[i][0] for i in bad]
+        if self.policy == "skip" and len(bad) < len(pending):
+            print(
+                f"train: skipped {len(bad)} batch(es) with a non-finite loss, at steps {steps}", file=self.log
+            )
+            return
+        step, metrics = pending[bad[0]]
+        terms = ", ".join(f"{k}={_short(v)}" for k, v in jax.device_get(metrics).items() if k != "nonfinite")
+        latest = self.checkpoints.latest_step()
+        kept = f"{self.checkpoints.directory}/{latest} (kept)" if latest is not None else "none saved yet"
+        why = "" if self.policy == "stop" else f"; every step from {pending[0][0]} to {pending[-1][0]} was"
+        raise NonFiniteLossError(
+            f"train: non-finite loss at step {step}{why} ({terms}); stopped (train.nan_policy="
+            f"{self.policy!r}); last good checkpoint: {kept}"
+        )
+
+
+def _short(value) -> str:
+    arr = np.asarray(value)
+    return f"{arr.item():.4g}" if arr.size == 1 else np.array2string(arr, precision=4, separator=",")

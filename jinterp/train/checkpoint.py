@@ -2,11 +2,22 @@
 
 Restored into an abstract target built from the current model (shapes, dtypes, shardings), after
 checking that the stored tree and meta match it; a mismatch is refused and nothing is overwritten.
+
+A checkpoint that does not restore (truncated or overwritten array files, a missing item, garbage
+metadata: any Orbax / TensorStore / JSON failure) is skipped: :meth:`Checkpoints.restore` walks back
+from the latest step to the newest one that restores cleanly, saying which it skipped and why (one line
+each, naming the path). Nothing is deleted or overwritten at restore; if training later reaches the
+step of an unreadable checkpoint, that directory is first moved to ``<workdir>/checkpoints_unreadable/``.
+If none restores, :class:`UnreadableCheckpointError` lists them all (a corrupted run never silently
+restarts from scratch).
 """
 
 import os
+import shutil
+import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jinterp.train.state import TrainState
@@ -18,40 +29,140 @@ class IncompatibleCheckpointError(ValueError):
     """The checkpoint in the workdir was written by a different model or configuration."""
 
 
+class UnreadableCheckpointError(ValueError):
+    """No checkpoint in the workdir restores (each one is corrupt or incomplete)."""
+
+
+def _closed_loop_noise(unraisable) -> bool:
+    e = unraisable.exc_value
+    return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
+def quiet_closed_loop_callbacks() -> None:
+    """After a failed Orbax restore, TensorStore futures still pending complete later and call back
+    into the event loop Orbax already closed; Python then prints an "Event loop is closed" traceback
+    (an unraisable exception) around the real error. Drop exactly those; everything else still goes
+    to the previous ``sys.unraisablehook``. Installed once, on the first failed restore."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jinterp_quiet", False):
+        return
+
+    def hook(unraisable):
+        if not _closed_loop_noise(unraisable):
+            previous(unraisable)
+
+    hook._jinterp_quiet = True
+    sys.unraisablehook = hook
+
+
+def fingerprint(tree) -> list[float]:
+    """Per-leaf sums of ``|x|`` (float64, on the host, from this process's copy of each array): written
+    into ``meta`` at save and compared at restore, so array files overwritten with bytes of the right
+    length (which TensorStore reads without complaint) do not restore silently."""
+    out = []
+    for x in jax.tree.leaves(tree):
+        a = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+        out.append(float(np.abs(a.astype(np.float64)).sum()))
+    return out
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line for an Orbax / TensorStore failure: the type and first line of the innermost cause
+    (TensorStore wraps the useful part, e.g. "OUT_OF_RANGE: Error reading ..."), without its spec dump."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    for cut in (" [tensorstore_spec", " See full TensorStore details"):
+        text = text.split(cut)[0]
+    return f"{type(e).__name__}: {text[:240]}"
+
+
 class Checkpoints:
     """Orbax ``CheckpointManager`` under ``<workdir>/checkpoints``: ``state`` + a small JSON ``meta``."""
 
-    def __init__(self, workdir: str, keep: int = 2, asynchronous: bool = True):
+    def __init__(self, workdir: str, keep: int = 2, asynchronous: bool = True, log=None):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # Orbax needs absolute paths
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
-            ),
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-        )
+        self.log = log if log is not None else sys.stderr
+        self.unreadable: dict[int, str] = {}  # step -> why it did not restore
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
+                ),
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+            )
+        except Exception as e:  # e.g. an unreadable directory or a file in its place
+            raise ValueError(f"checkpoint: cannot open {self.directory} ({failure_reason(e)})") from e
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: TrainState, meta: dict) -> None:
+        """Save ``step`` (a step already on disk is kept as it is, unless it was found unreadable: that
+        one is moved to ``<workdir>/checkpoints_unreadable/`` first)."""
+        if step in self.unreadable:
+            self._move_aside(step)
         if step in (self.manager.all_steps() or []):
             return
+        meta = {**meta, "fingerprint": fingerprint(state)}
         self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
 
+    def _move_aside(self, step: int) -> None:
+        self.manager.wait_until_finished()
+        aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+        os.makedirs(aside, exist_ok=True)
+        target, n = os.path.join(aside, str(step)), 1
+        while os.path.exists(target):
+            target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        print(f"checkpoint: moved unreadable {self.directory}/{step} to {target} (kept)", file=self.log)
+        del self.unreadable[step]
+        self.manager.reload()
+
     def restore(self, abstract_state: TrainState, meta: dict) -> TrainState | None:
-        """Latest state restored into ``abstract_state``'s structure and shardings, or None.
+        """The newest state that restores cleanly into ``abstract_state``'s structure and shardings, or
+        None when there is no checkpoint. Unreadable newer checkpoints are skipped with one line each
+        (path and reason) to ``log``; nothing is deleted.
 
         Raises:
           IncompatibleCheckpointError: the stored tree (names, shapes) or meta (model) differs.
+          UnreadableCheckpointError: there are checkpoints, and none restores.
         """
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        where = f"{self.directory}/{step}"
+        steps = sorted(self.manager.all_steps() or [], reverse=True)
+        for step in steps:
+            where = f"{self.directory}/{step}"
+            try:
+                state = self._restore_step(step, abstract_state, meta, where)
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as e:  # Orbax / TensorStore / JSON raise many types for a damaged checkpoint
+                quiet_closed_loop_callbacks()
+                self.unreadable[step] = failure_reason(e)
+                print(
+                    f"checkpoint: skipping {where}, it does not restore ({self.unreadable[step]}); "
+                    "trying an older one (nothing deleted)",
+                    file=self.log,
+                    flush=True,
+                )
+                continue
+            if self.unreadable:
+                print(f"checkpoint: restored {where}", file=self.log, flush=True)
+            return state
+        if steps:
+            listed = "; ".join(f"{self.directory}/{s}: {r}" for s, r in self.unreadable.items())
+            raise UnreadableCheckpointError(
+                f"checkpoint: no checkpoint in {self.directory} restores ({listed}); nothing was deleted: "
+                "move them away to start afresh, or use a fresh --workdir"
+            )
+        return None
+
+    def _restore_step(self, step: int, abstract_state: TrainState, meta: dict, where: str) -> TrainState:
         stored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(stored, dict):
+            raise ValueError(f"meta is a {type(stored).__name__}, expected a JSON object")
         for key in META_KEYS:
             if stored.get(key) != meta.get(key):
                 raise IncompatibleCheckpointError(
@@ -59,15 +170,24 @@ class Checkpoints:
                     f"{key}={meta.get(key)!r}; use a fresh --workdir (nothing was overwritten)"
                 )
         tree = self.manager.item_metadata(step)["state"]
+        if tree is None:
+            raise ValueError("its 'state' item is missing")
         check_tree_compatible(getattr(tree, "tree", tree), abstract_state, where)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        )
-        return restored["state"]
+        )["state"]
+        want = stored.get("fingerprint")
+        if want is not None:
+            got = fingerprint(restored)
+            if len(got) != len(want) or not np.allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True):
+                raise ValueError("its arrays do not match the fingerprint saved with them (overwritten?)")
+        return restored
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
 
 
 def restore_variables(workdir: str) -> dict:

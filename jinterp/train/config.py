@@ -18,6 +18,7 @@ from jinterp.data import feed
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup_cosine", "step", "exponential_step")
 SWEEP_STRATEGIES = ("auto", "vmap", "map", "sequential")
+NAN_POLICIES = ("stop", "skip")  # train.nan_policy (jinterp.train.actions.NonFiniteGuard)
 # Sub-dicts whose keys are free-form (backbone constructor fields; loss specs, checked by build_losses).
 FREE_FORM = ("model.kwargs", "losses")
 POSITIVE_INTS = ("train.batch_size", "train.log_every", "train.eval_batch_size", "train.keep_checkpoints")
@@ -65,6 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2
     c.train.hook_batches = 0  # batches per re-clustering pass (0: whole train split)
     c.train.sweep_strategy = "auto"  # numeric sweeps: vmap|map|sequential|auto (resolve_sweep_strategy)
+    c.train.nan_policy = "stop"  # non-finite loss: stop (keep the last good checkpoint) | skip (the batch)
     c.train.init_from = ""  # workdir of a trained run: start from its params / batch_stats (fresh optimiser)
 
     c.optimizer = ml_collections.ConfigDict()
@@ -89,6 +91,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.outputs = ml_collections.ConfigDict()
     c.outputs.predictions_png = False
 
+    _add_mode_fields(c)
+    return c
+
+
+def _add_mode_fields(c: ml_collections.ConfigDict) -> None:
+    """The fields of launch.py's evaluate / explain / concepts modes."""
     # --mode evaluate / explain (launch.py): the trained model of the workdir on the test split.
     c.evaluate = ml_collections.ConfigDict()
     c.evaluate.methods = "grad_cam,grad_cam_pp,layer_cam,score_cam,cluster_cam"  # jinterp.explain specs
@@ -104,7 +112,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.concepts.lam = 0.5  # eq. 4 weight of the map distance
     c.concepts.linkage = "ward"
     c.concepts.batch_images = 8
-    return c
 
 
 def _leaves(node, prefix: str = ""):
@@ -139,6 +146,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check_choice("config.schedule.name", config.schedule.name, SCHEDULES)
     check_choice("config.model.name", config.model.name, backbones.MODELS)
     check_choice("config.train.sweep_strategy", config.train.sweep_strategy, SWEEP_STRATEGIES)
+    check_choice("config.train.nan_policy", config.train.get("nan_policy", "stop"), NAN_POLICIES)
+    for path, value in _leaves(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.{path}: expected a finite number, got {value}")
     for path in POSITIVE_INTS:
         if _get(config, path) <= 0:
             raise ValueError(f"config.{path}: expected a positive integer, got {_get(config, path)}")

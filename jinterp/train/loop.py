@@ -47,7 +47,7 @@ def train_and_evaluate(config, workdir: str, *, points=None, data: feed.Data | N
     trainer = Trainer(config, points=points)
     per_epoch = max(data.num_examples("train") // trainer.batch_size, 1)
     trainer.set_steps_per_epoch(per_epoch)
-    checkpoints = Checkpoints(workdir, keep=int(config.train.keep_checkpoints))
+    checkpoints = Checkpoints(workdir, keep=int(config.train.keep_checkpoints), log=log)
     try:
         state, run = _start(trainer, checkpoints, total_steps(config, per_epoch), t_start)
         print(_describe(trainer, run, per_epoch), file=log)
@@ -109,7 +109,9 @@ def _actions(trainer: Trainer, data, run: actions.Run, checkpoints: Checkpoints,
         )
     if cfg.eval_every:
         out.append(actions.PeriodicEval(run, trainer, data, cfg.eval_split, int(cfg.eval_every), writer))
-    out.append(actions.Checkpointing(run, checkpoints, int(cfg.checkpoint_every), trainer.meta()))
+    policy, every = cfg.get("nan_policy", "stop"), int(cfg.checkpoint_every)
+    out.append(actions.NonFiniteGuard(run, policy, int(cfg.log_every), every, checkpoints, log))
+    out.append(actions.Checkpointing(run, checkpoints, every, trainer.meta()))
     return out
 
 

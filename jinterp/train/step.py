@@ -21,6 +21,11 @@ def make_train_step(model, tx: optax.GradientTransformation, specs: tuple, facto
     Loss = CE + the terms of ``specs`` (``jinterp.losses.apply``) weighted by
     ``state.hparams["loss_weights"]``. Metrics are means over the global batch. The input state is not
     modified (the new learning rate goes into a new optimiser state).
+
+    A step whose loss, gradient norm or update norm is not finite changes nothing but ``step`` (params,
+    BatchNorm statistics, optimiser and loss state stay as they were: the batch is skipped) and reports
+    ``metrics["nonfinite"] = 1``; ``train.nan_policy`` decides what the loop does about it
+    (:class:`jinterp.train.actions.NonFiniteGuard`).
     """
 
     def loss_fn(params, state, batch, rng):
@@ -48,19 +53,23 @@ def make_train_step(model, tx: optax.GradientTransformation, specs: tuple, facto
             hyperparams={**numbers, "learning_rate": lr.astype(numbers["learning_rate"].dtype)}
         )
         updates, opt_state = tx.update(grads, opt_state, state.params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "lr": lr,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
             **logs,
         }
+        kept = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = state.replace(
             step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            loss_state=loss_state,
+            params=kept(optax.apply_updates(state.params, updates), state.params),
+            batch_stats=kept(batch_stats, state.batch_stats),
+            opt_state=kept(opt_state, state.opt_state),
+            loss_state=kept(loss_state, state.loss_state),
         )
         return new_state, metrics
 
