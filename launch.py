@@ -199,6 +199,8 @@ def run(mode: str, config, workdir: str):
     train.validate_config(config)
     train.parallel.initialize(config)  # every mode: a multi-host job starts JAX's runtime first
     workdir = train.check_workdir(workdir)
+    if mode in ("evaluate", "explain"):
+        _methods(config)  # a bad spec fails before a checkpoint is restored
     modes = {"train": train_mode, "sweep": sweep_mode, "evaluate": evaluate_mode, "explain": explain_mode,
              "show_data": show_data_mode, "concepts": concepts_mode, "compare": compare_mode}  # fmt: skip
     return modes[mode](config, workdir)
@@ -233,13 +235,24 @@ def main(argv):
     if _SWEEP.value and _MODE.value not in ("train", "sweep"):
         print(f"error: --sweep: only with --mode train or sweep, got --mode {_MODE.value}", file=sys.stderr)
         return 2
+    return execute(mode, _flag_config, _WORKDIR.value, _DEBUG.value)
+
+
+def _flag_config():
+    """``--config``'s config (config_flags loads the file here, on first access)."""
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
+    if not os.path.isfile(path):
+        raise ValueError(f"--config: no config file at {path!r} (expected configs/<name>.py[:arg])")
+    return _CONFIG.value
+
+
+def execute(mode: str, get_config, workdir: str, debug: bool = False) -> int:
+    """:func:`run` with every failure reported as one ``error: ...`` line (exit status 2, traceback with
+    ``debug``); ``get_config()`` gives the config (config_flags loads the file only then)."""
     try:  # ValueError: bad config, workdir, checkpoint, spec; anything else: one line too
-        path = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
-        if not os.path.isfile(path):
-            raise ValueError(f"--config: no config file at {path!r} (expected configs/<name>.py[:arg])")
-        run(mode, _CONFIG.value, _WORKDIR.value)
+        run(mode, get_config(), workdir)
     except Exception as e:
-        return report_error(e, _DEBUG.value)
+        return report_error(e, debug)
     return 0
 
 

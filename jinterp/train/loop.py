@@ -25,7 +25,7 @@ from jinterp.train.config import check_workdir, total_steps, validate_config
 from jinterp.train.trainer import Trainer
 
 
-def train_and_evaluate(config, workdir: str, *, points=None, data: feed.Data | None = None, log=sys.stderr):
+def train_and_evaluate(config, workdir: str, *, points=None, data: feed.Data | None = None, log=None):
     """Train (resuming from ``workdir`` if it holds a checkpoint), evaluate, write ``summary.json``.
 
     Args:
@@ -33,7 +33,7 @@ def train_and_evaluate(config, workdir: str, *, points=None, data: feed.Data | N
       points: numeric sweep points trained together (see :class:`Trainer`); the summary then has one
         entry per point under ``"points"``.
       data: the data (default ``feed.Data(config.data)`` over ``jinterp.data.load``).
-      log: stream for the progress lines.
+      log: stream for the progress lines (default: ``sys.stderr`` at the time of the call).
 
     Returns:
       the summary dict written to ``workdir/summary.json``, plus the final ``state``.
@@ -42,6 +42,7 @@ def train_and_evaluate(config, workdir: str, *, points=None, data: feed.Data | N
     validate_config(config)
     workdir = check_workdir(workdir)
     parallel.initialize(config)
+    log = log or sys.stderr  # bound at call time (a default bound at import outlives its stream)
     log = log if jax.process_index() == 0 else io.StringIO()  # one progress line per run, not per host
     data = data or feed.Data(config.data)
     trainer = Trainer(config, points=points)
