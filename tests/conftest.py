@@ -6,4 +6,11 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from hypothesis import settings  # noqa: E402
+
 import jinterp  # noqa: E402,F401
+
+# Property-based tests (tests/test_properties.py): few examples by default, more in CI (.ci/run).
+settings.register_profile("default", max_examples=10, deadline=None, derandomize=True)
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
+settings.load_profile("default")
