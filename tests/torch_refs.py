@@ -2,7 +2,7 @@
 stand-in ``torchvision`` module so pytorch-grad-cam, zennit and zennit-crp import beside the CPU
 torch build (shared/notes/stack.md §8). Used only by parity tests and benchmarks.
 
-Import this module before importing ``pytorch_grad_cam`` / ``zennit`` / ``crp``.
+Import this module before importing ``pytorch_grad_cam`` / ``zennit`` / ``crp`` / ``torchray``.
 """
 
 import sys
@@ -271,7 +271,8 @@ def install_torchvision_stub() -> None:
     """Register a minimal ``torchvision`` so grad-cam / zennit import without the real package.
 
     Only names touched at import time exist; zennit's ResNet canonizer checks ``isinstance``
-    against ``torchvision.models.resnet.BasicBlock/Bottleneck``, pointed at the twins above.
+    against ``torchvision.models.resnet.BasicBlock/Bottleneck`` and TorchRay's ``update_resnet`` against
+    ``ResNet``, pointed at the twins above.
     """
     if "torchvision" in sys.modules:
         return
@@ -290,7 +291,7 @@ def install_torchvision_stub() -> None:
     ops.box_iou = lambda a, b: None
     models = types.ModuleType("torchvision.models")
     resnet_mod = types.ModuleType("torchvision.models.resnet")
-    resnet_mod.BasicBlock, resnet_mod.Bottleneck = BasicBlock, Bottleneck
+    resnet_mod.BasicBlock, resnet_mod.Bottleneck, resnet_mod.ResNet = BasicBlock, Bottleneck, ResNet
     models.resnet = resnet_mod
     tv.transforms, tv.ops, tv.models = transforms, ops, models
     for mod in (tv, transforms, functional, ops, models, resnet_mod):
