@@ -13,6 +13,7 @@ Value checks run on the host on concrete values; under ``jax.jit`` (tracers) onl
 device (one scalar comes back); a NumPy array is tested in place.
 """
 
+import math
 import numbers
 import types
 import typing
@@ -67,6 +68,8 @@ def check_number(
     (``open_low`` / ``open_high`` exclude the bound itself)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{argument}: expected a number, got {_got(value)}")
+    if not _finite_float(value):
+        raise ValueError(f"{argument}: expected a finite number, got {value}")
     value = float(value)
     if not np.isfinite(value):
         raise ValueError(f"{argument}: expected a finite number, got {value}")
@@ -124,7 +127,11 @@ def check_images(
     images, argument: str = "images", min_size: int = 1, channels: int | None = 3, finite: bool = True
 ) -> None:
     """Images must be (N, H, W, C) real numbers with N >= 1, H, W >= min_size, C == channels and (when
-    ``finite`` and concrete) no NaN or inf. H and W may differ."""
+    ``finite`` and concrete) no NaN or inf. H and W may differ. A NumPy or jax array, not a nested list."""
+    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+        raise ValueError(
+            f"{argument}: expected a NumPy or jax array (N, H, W, C), got {type(images).__name__}"
+        )
     check_real(argument, images)
     shape = np.shape(images)
     if len(shape) != 4:
@@ -205,6 +212,13 @@ def describe_type(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _finite_float(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond float range
+        return False
+
+
 def matches_type(value, annotation) -> bool:
     """Whether ``value`` is of ``annotation``: classes, ``X | Y``, ``tuple[X, ...]``, ``Sequence[X]``,
     ``list[X]``, ``dict``; ``int`` excludes bools and must fit int32, ``float`` takes finite ints and
@@ -225,7 +239,7 @@ def matches_type(value, annotation) -> bool:
             and -INT_LIMIT <= value < INT_LIMIT
         )
     if annotation is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and _finite_float(value)
     if origin in (tuple, list, Sequence) or annotation in (tuple, list):
         if not isinstance(value, tuple | list):
             return False

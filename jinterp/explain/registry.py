@@ -175,6 +175,7 @@ def explain(
       (N, H, W) float32 heatmaps in [0, 1].
     """
     fn = jitted(spec)
+    images = images if hasattr(images, "shape") else np.asarray(images)  # nested lists are accepted here
     check_images(
         images, min_size=int(getattr(model, "min_size", 1)), finite=check_bool("check_finite", check_finite)
     )
