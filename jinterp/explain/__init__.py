@@ -21,7 +21,7 @@ from jinterp.explain.registry import (
 )
 
 # Importing a method module registers its methods.
-from jinterp.explain import cam, clam, concepts, crp, lrp, masking  # noqa: E402, F401  isort: skip
+from jinterp.explain import cam, clam, concepts, crp, lrp, masking, score_cam  # noqa: E402, F401  isort: skip
 from jinterp.explain import attribution, fullgrad, score_variants  # noqa: E402, F401  isort: skip
 from jinterp.explain.masking import cluster_cam_details  # noqa: E402  isort: skip
 

@@ -137,7 +137,8 @@ def lrp_relevance(
     layers = _check(model, images, targets, layers)
     check_choice("init", init, INITS)
     comp = check_composite(model, composite, tuple(np.shape(images)))
-    return _lrp(model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets), comp, layers, init)
+    images = jnp.asarray(images, pipeline.float_dtype(images))
+    return _lrp(model, variables, images, jnp.asarray(targets), comp, layers, init)
 
 
 def to_heatmap(relevance: jax.Array) -> jax.Array:
@@ -148,7 +149,7 @@ def to_heatmap(relevance: jax.Array) -> jax.Array:
     """
     r = jnp.maximum(relevance.sum(-1), 0.0)
     peak = r.max(axis=(1, 2), keepdims=True)
-    return jnp.where(peak > 0, r / jnp.where(peak > 0, peak, 1.0), 0.0).astype(jnp.float32)
+    return jnp.where(peak > 0, r / jnp.where(peak > 0, peak, 1.0), 0.0).astype(pipeline.float_dtype(r))
 
 
 Composite = str | dict | rules.Composite  # a rules.COMPOSITES name, a {kind: rule} dict, or a Composite

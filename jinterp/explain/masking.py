@@ -1,4 +1,4 @@
-"""Gradient-free (and masked-input) CAMs: Score-CAM, Ablation-CAM, Group-CAM, Cluster-CAM.
+"""Gradient-free (and masked-input) CAMs: Ablation-CAM, Group-CAM, Cluster-CAM (Score-CAM: ``score_cam``).
 
 Each is one compiled program. Masked inputs are built on device chunk by chunk (``batch`` bounds
 memory) and scores stay on device (no host sync per score). Ablation-CAM perturbs the explained
@@ -24,113 +24,8 @@ from jinterp.ops.blur import gaussian_blur_reflect
 from jinterp.ops.clustering import kmeans, spectral_clustering
 
 
-def _channel_first(maps: jax.Array) -> jax.Array:
-    return jnp.moveaxis(maps, -1, 1)  # (N, h, w, C) -> (N, C, h, w)
-
-
-def _base(model, variables, images, targets, layer):
-    pipeline.check_inputs(model, images, targets)
-    layers = pipeline.resolve_layers(model, layer)
-    logits, out = pipeline.forward(model, variables, images)
-    return layers, logits, out
-
-
 def _check_positive(argument: str, value: int) -> None:
     check_int(argument, value, low=1)
-
-
-# --------------------------------------------------------------------------------------- Score-CAM
-
-
-def score_cam_weights(model, variables, images, targets, maps, *, batch, score, channel_softmax, baseline,
-                      align_corners):  # fmt: skip
-    """Score-CAM channel weights (eq. 8-9) for (N, h, w, C) ``maps``; (N, C).
-
-    Only channels with a non-constant map are run through the network: a constant map's mask
-    ``(U - min) / (max - min + 1e-8)`` is exactly zero, so its masked image is the zero image,
-    whose score ``s0`` is computed once per call. The weights therefore equal PGC's, which runs
-    every channel. (image, channel) pairs are flattened and sorted so active pairs come first; a
-    ``while_loop`` runs ``ceil(active / batch)`` chunks.
-    """
-    n, h, w, c = maps.shape
-    size = images.shape[1:3]
-    sfn = pipeline.score_fn(score)
-    flat = _channel_first(maps).reshape(n * c, h, w)
-    active = (flat.max((1, 2)) > flat.min((1, 2))).reshape(-1)
-    order = jnp.argsort(~active, stable=True)
-    b = min(batch, n * c)
-    chunks = (active.sum() + b - 1) // b
-
-    zero_logits, _ = pipeline.forward(model, variables, jnp.zeros((1, *images.shape[1:]), images.dtype))
-    s0 = sfn(jnp.broadcast_to(zero_logits, (n, zero_logits.shape[-1])), targets)
-
-    def body(carry):
-        i, scores = carry
-        idx = jax.lax.dynamic_slice(order, (i * b,), (b,))  # start clamped: a tail chunk recomputes
-        up = resize.upsample(flat[idx], size, align_corners)
-        lo, hi = up.min((1, 2), keepdims=True), up.max((1, 2), keepdims=True)
-        masks = (up - lo) / (hi - lo + 1e-8)  # PGC score_cam.py epsilon
-        logits, _ = pipeline.forward(model, variables, images[idx // c] * masks[..., None])
-        return i + 1, scores.at[idx].set(sfn(logits, targets[idx // c]))
-
-    init = jnp.repeat(s0, c)
-    _, scores = jax.lax.while_loop(lambda carry: carry[0] < chunks, body, (0, init))
-    scores = scores.reshape(n, c)
-    if baseline:
-        scores = scores - s0[:, None]
-    return jax.nn.softmax(scores, axis=-1) if channel_softmax else scores
-
-
-@register(
-    "score_cam",
-    needs_gradients=False,
-    forward_passes=lambda channels: channels + 1,
-    backward_passes=0,
-    doc="Score-CAM (Wang et al. 2020), eq. 8-9; at most C + 1 passes (constant maps skipped)",
-)
-def score_cam(
-    layer: pipeline.Layer = None,
-    batch: int = 16,
-    score: str = "logit",
-    channel_softmax: bool = True,
-    baseline: bool = False,
-    align_corners: bool = True,
-):
-    """Score-CAM: each channel's upsampled, min-max normalised map masks the input; its weight is
-    the masked image's score (eq. 8-9). Heat = ReLU(sum_k w_k A_k), upsampled and scaled.
-
-    Defaults reproduce pytorch-grad-cam's ``ScoreCAM`` exactly: logit score, softmax of the scores
-    over channels, no baseline, masks upsampled with ``align_corners=True``
-    (``nn.UpsamplingBilinear2d``). The authors' code (haofanwang/Score-CAM) instead uses
-    ``score='softmax', channel_softmax=False`` (and ``align_corners=False``); the paper's eq. 8
-    subtracts the baseline score ``S_c(X_b)`` (``baseline=True``, X_b = zero image).
-
-    Channels whose map is constant (e.g. dead ReLU channels, common in trained nets) cost no
-    forward pass and the result is unchanged (see :func:`score_cam_weights`).
-
-    Args:
-      layer: layer name(s); default :func:`jinterp.explain.pipeline.default_layer`.
-      batch: masked images per forward pass (bounds memory).
-      score: ``'logit'`` or ``'softmax'`` (probability of the target class).
-      channel_softmax: softmax the scores over channels (PGC).
-      baseline: subtract the zero image's score (eq. 8).
-      align_corners: mask upsampling convention.
-    """
-    _check_positive("batch", batch)
-    check_choice("score", score, pipeline.SCORES)
-
-    def fn(model, variables, images, targets):
-        layers, _, out = _base(model, variables, images, targets, layer)
-        cams = []
-        for k in layers:
-            w = score_cam_weights(
-                model, variables, images, targets, out[k], batch=batch, score=score,
-                channel_softmax=channel_softmax, baseline=baseline, align_corners=align_corners,
-            )  # fmt: skip
-            cams.append(pipeline.weighted_sum(out[k], w))
-        return pipeline.finish(cams, images.shape[1:3])
-
-    return fn
 
 
 # ------------------------------------------------------------------------------------ Ablation-CAM
@@ -205,7 +100,7 @@ def ablation_cam(layer: pipeline.Layer = None, batch: int = 128, score: str = "l
     check_choice("score", score, pipeline.SCORES)
 
     def fn(model, variables, images, targets):
-        layers, logits, out = _base(model, variables, images, targets, layer)
+        layers, logits, out = pipeline.forward_layers(model, variables, images, targets, layer)
         s = pipeline.score_fn(score)(logits, targets)[:, None]
         cams = []
         for k in layers:
@@ -392,7 +287,7 @@ def _cluster_cam_details(model, variables, images, targets, **options):
         o.method, o.score, o.beta, o.seed, o.sigma, o.theta, clusters=clusters, batch=o.batch,
         n_init=o.n_init, iters=o.iters,
     )  # fmt: skip
-    layers, logits, out = _base(model, variables, images, targets, o.layer)
+    layers, logits, out = pipeline.forward_layers(model, variables, images, targets, o.layer)
     if len(layers) != 1:
         raise ValueError(f"layer: Cluster-CAM explains one layer, got {list(layers)}")
     maps = out[layers[0]]

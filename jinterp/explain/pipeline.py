@@ -33,9 +33,15 @@ def minmax(x: jax.Array, axes: Sequence[int] = (-2, -1), eps: float = EPS) -> ja
     return (x - lo) / (hi - lo + eps)
 
 
+def float_dtype(x) -> jnp.dtype:
+    """float32, or float64 for float64 input (under ``jax.enable_x64``: finite-difference checks)."""
+    return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
 def finish(cams: Sequence[jax.Array], size: tuple[int, int]) -> jax.Array:
-    """Per-layer (N, h_l, w_l) CAMs -> (N, H, W) float32 heatmaps in [0, 1] (PGC order, module doc)."""
-    per_layer = [upsample(minmax(jax.nn.relu(c.astype(jnp.float32))), size) for c in cams]
+    """Per-layer (N, h_l, w_l) CAMs -> (N, H, W) float32 heatmaps in [0, 1] (PGC order, module doc);
+    float64 ones for float64 maps."""
+    per_layer = [upsample(minmax(jax.nn.relu(c.astype(float_dtype(c)))), size) for c in cams]
     return minmax(jax.nn.relu(jnp.mean(jnp.stack(per_layer), axis=0)))
 
 
@@ -96,3 +102,16 @@ def forward(model, variables: dict, images: jax.Array, perturbations: dict | Non
     if perturbations:
         variables = {**variables, "perturbations": perturbations}
     return model.apply(variables, images)
+
+
+def channel_first(maps: jax.Array) -> jax.Array:
+    """(N, h, w, C) -> (N, C, h, w)."""
+    return jnp.moveaxis(maps, -1, 1)
+
+
+def forward_layers(model, variables, images, targets, layer):
+    """Check the inputs, resolve ``layer`` and run the model: ``(layers, logits, out)``."""
+    check_inputs(model, images, targets)
+    layers = resolve_layers(model, layer)
+    logits, out = forward(model, variables, images)
+    return layers, logits, out
