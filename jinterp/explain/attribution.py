@@ -39,7 +39,7 @@ from jax.extend import core as jcore
 
 from jinterp.backbones import feature_grads, target_logit
 from jinterp.backbones.taps import strip_perturbations
-from jinterp.checks import check_choice
+from jinterp.checks import check_bool, check_choice, check_int, check_number
 from jinterp.explain import lrp, pipeline, rules
 from jinterp.explain.registry import format_spec, method, register
 from jinterp.ops.resize import upsample
@@ -324,23 +324,13 @@ def _explainer(raw_fn: Callable, reduce: str, layer: str | None = None):
     return fn
 
 
-def _check_int(argument: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{argument}: expected an int >= {low}, got {value!r}")
-
-
-def _check_nonneg(argument: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-        raise ValueError(f"{argument}: expected a finite number >= 0, got {value!r}")
-
-
 @register("saliency", needs_gradients=True, forward_passes=1, backward_passes=1,
           doc="Gradient saliency (Simonyan 2014 §3.1): max_c |d logit / d x|")  # fmt: skip
 def saliency(abs: bool = True, reduce: str = "max_abs"):  # noqa: A002  (Captum's name)
     """Gradient of the target logit w.r.t. the input (Simonyan et al. 2014); the heatmap is the class
     saliency map ``max_c |g_c|`` (§3.1). Raw: ``|g|`` (``abs=True``) or ``g``, as Captum
     ``Saliency(model).attribute(x, target=t, abs=abs)``."""
-    signed = abs is False
+    signed = not check_bool("abs", abs)
 
     def raw(model, variables, images, targets):
         g = input_gradients(model, variables, images, targets)
@@ -391,11 +381,10 @@ def integrated_gradients(
     """Integrated Gradients, :func:`integrated_gradients_attribution`. Defaults are Captum's
     ``IntegratedGradients.attribute`` (``n_steps=50``, ``method="gausslegendre"``, zero baseline), whose
     raw attributions it reproduces; ``batch`` path points per pass (Captum ``internal_batch_size``)."""
-    _check_int("steps", steps, 1)
-    _check_int("batch", batch, 1)
     check_choice("method", method, QUADRATURES)
-    if not isinstance(baseline, int | float) or isinstance(baseline, bool):
-        raise ValueError(f"baseline: expected a number (a constant baseline image), got {baseline!r}")
+    check_int("steps", steps, low=1 if method == "gausslegendre" else 2)  # Captum's minimum counts
+    check_int("batch", batch, low=1)
+    check_number("baseline", baseline)
 
     def raw(model, variables, images, targets):
         return integrated_gradients_attribution(
@@ -414,10 +403,10 @@ def smoothgrad(
     ``samples`` noisy copies, noise std = ``noise`` x each image's value range. Defaults from Smilkov
     et al. 2017: n = 50 (little gain beyond) and a 10-20 % noise level (15 %, also PAIR saliency's
     ``stdev_spread``); heatmap ``max_c |.|`` of the mean gradient (Simonyan's saliency map of it)."""
-    _check_int("samples", samples, 1)
-    _check_int("batch", batch, 1)
-    _check_int("seed", seed, 0)
-    _check_nonneg("noise", noise)
+    check_int("samples", samples, low=1)
+    check_int("batch", batch, low=1)
+    check_int("seed", seed, low=0)
+    check_number("noise", noise, 0.0)
 
     def raw(model, variables, images, targets):
         noise_fn = gaussian_noise(images, noise, seed)

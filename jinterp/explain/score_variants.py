@@ -25,7 +25,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jinterp.checks import check_choice
+from jinterp.checks import check_choice, check_int, check_number
 from jinterp.explain import pipeline
 from jinterp.explain.registry import register
 from jinterp.ops import resize
@@ -104,11 +104,6 @@ def is_cam_weights(model, variables, images, targets, maps, *, samples, batch, s
     return jax.nn.softmax(scores, axis=-1)
 
 
-def _check_int(argument: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{argument}: expected an int >= {low}, got {value!r}")
-
-
 def _explainer(weights_fn, layer):
     def fn(model, variables, images, targets):
         pipeline.check_inputs(model, images, targets)
@@ -131,7 +126,7 @@ def _explainer(weights_fn, layer):
     doc="SS-CAM (Wang et al. 2020), torch-cam's SSCAM; C * samples + 1 passes",
 )
 def ss_cam(
-    layer: str | tuple[str, ...] | None = None,
+    layer: pipeline.Layer = None,
     samples: int = 35,
     std: float = 2.0,
     seed: int = 0,
@@ -152,12 +147,11 @@ def ss_cam(
       batch: masked images per forward pass.
       score: ``'logit'`` (torch-cam) or ``'softmax'``.
     """
-    _check_int("samples", samples, 1)
-    _check_int("batch", batch, 1)
-    _check_int("seed", seed, 0)
+    check_int("samples", samples, low=1)
+    check_int("batch", batch, low=1)
+    check_int("seed", seed, low=0)
+    check_number("std", std, 0.0)
     check_choice("score", score, pipeline.SCORES)
-    if isinstance(std, bool) or not isinstance(std, int | float) or not 0 <= std < float("inf"):
-        raise ValueError(f"std: expected a finite number >= 0, got {std!r}")
 
     def weights(model, variables, images, targets, maps):
         noise_fn = gaussian_mask_noise(std, seed, images.shape[1:3])
@@ -175,9 +169,7 @@ def ss_cam(
     backward_passes=0,
     doc="IS-CAM (Naidu et al. 2020), torch-cam's ISCAM; C * samples + 1 passes",
 )
-def is_cam(
-    layer: str | tuple[str, ...] | None = None, samples: int = 10, batch: int = 32, score: str = "logit"
-):
+def is_cam(layer: pipeline.Layer = None, samples: int = 10, batch: int = 32, score: str = "logit"):
     """IS-CAM: Score-CAM weights averaged over masks scaled by :func:`is_cam_coefficients` (module
     docstring). Defaults are torch-cam's ``ISCAM`` (``num_samples=10``, ``batch_size=32``, logit
     score), whose maps it reproduces.
@@ -188,8 +180,8 @@ def is_cam(
       batch: masked images per forward pass.
       score: ``'logit'`` (torch-cam) or ``'softmax'``.
     """
-    _check_int("samples", samples, 1)
-    _check_int("batch", batch, 1)
+    check_int("samples", samples, low=1)
+    check_int("batch", batch, low=1)
     check_choice("score", score, pipeline.SCORES)
 
     def weights(model, variables, images, targets, maps):
