@@ -359,3 +359,17 @@ def test_apply_with_weights_replaces_the_specs_own_weighting():
         losses.apply(
             specs, out, labels, states, {k: v for k, v in weights.items() if k != "sync.sync_weight"}
         )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ('iccnn(num_groups="3")', "option 'num_groups' of 'iccnn': expected int"),
+        ("hiccnn(hier_weight='x')", "option 'hier_weight' of 'hiccnn': expected float"),
+        ("sync(layer=5)", "option 'layer' of 'sync': expected str"),
+        ("iccnn(num_group=3)", "unknown option 'num_group'"),
+    ],
+)
+def test_loss_spec_options_are_type_checked(spec, message):
+    with pytest.raises(ValueError, match=message):
+        losses.get(spec)

@@ -48,7 +48,7 @@ from jinterp.checks import check_choice
 from jinterp.losses import grouping, hierarchical, sync
 from jinterp.losses.hierarchical import LAYER_PAIRS
 from jinterp.ops import clustering
-from jinterp.ops.spec import check_options, parse
+from jinterp.ops.spec import bind, parse
 
 
 def _check_layers(spec, shapes: dict) -> None:
@@ -319,14 +319,13 @@ LOSSES = {"iccnn": ICCNN, "hiccnn": HICCNN, "sync": Sync}
 def get(spec: str):
     """A loss from a spec string, e.g. ``'hiccnn(layer="conv5_3", num_groups=8)'`` or ``'sync'``.
 
-    Parsed by :func:`jinterp.ops.spec.parse` (literals only, nothing evaluated). Raises ValueError for
-    an unknown loss or an option that is not a field of it (naming the valid ones).
+    Parsed by :func:`jinterp.ops.spec.parse` (literals only, nothing evaluated) and bound by
+    :func:`jinterp.ops.spec.bind`: an unknown loss, an option that is not a field of it, or a value of
+    another type than the field's annotation raises ValueError naming it.
     """
     name, options = parse(spec)
     check_choice("spec", name, LOSSES)
-    fields = [f.name for f in dataclasses.fields(LOSSES[name])]
-    check_options("spec", name, options, fields)
-    return LOSSES[name](**options)
+    return LOSSES[name](**bind("spec", name, LOSSES[name], options))
 
 
 def for_backbone(name: str, backbone: str, multi: bool = False, num_classes: int = 0, **overrides):

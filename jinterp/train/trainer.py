@@ -20,6 +20,7 @@ import numpy as np
 from jinterp import backbones, losses
 from jinterp.checks import check_choice
 from jinterp.data import feed
+from jinterp.ops.spec import bind
 from jinterp.train import optim, parallel, recluster, step
 from jinterp.train import state as state_lib
 from jinterp.train.checkpoint import check_tree_compatible
@@ -27,16 +28,13 @@ from jinterp.train.config import num_classes
 
 
 def build_losses(config_losses) -> tuple:
-    """Loss specs from ``config.losses`` (``{name: {field: value}}``, names of ``jinterp.losses.LOSSES``)."""
+    """Loss specs from ``config.losses`` (``{name: {field: value}}``, names of ``jinterp.losses.LOSSES``);
+    fields and their types checked as for a spec string (:func:`jinterp.ops.spec.bind`)."""
     specs = []
     for name, cfg in (config_losses or {}).items():
         check_choice("config.losses", name, losses.LOSSES)
-        fields = sorted(f.name for f in dataclasses.fields(losses.LOSSES[name]))
-        for k in cfg:
-            check_choice(f"config.losses.{name}", k, fields)
-        specs.append(
-            losses.LOSSES[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-        )
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+        specs.append(losses.LOSSES[name](**bind(f"config.losses.{name}", name, losses.LOSSES[name], options)))
     return tuple(specs)
 
 
