@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torchcam.methods import ISCAM, SSCAM
+from torchcam.methods import ISCAM, SSCAM, ScoreCAM
 
 import jinterp as ji
 from jinterp.explain import score_variants
@@ -94,6 +94,19 @@ def test_is_cam_matches_torchcam():
     assert np.allclose(score_variants.is_cam_coefficients(3), [1 / 3, 1.0, 2.0])  # 1/3, + 2/3, + 3/3
 
 
+@pytest.mark.parametrize(("layer", "index"), [("conv4", 11), ("conv6", 17)])
+def test_score_cam_torchcam_convention(layer, index):
+    """``mask_scaling="layer", align_corners=False`` is torch-cam's ScoreCAM; PGC's order (upsample, then
+    scale) is measurably different on the same weights."""
+    _, model, variables, x, t = _twin()
+    ref = _torchcam(ScoreCAM, index, batch_size=64)
+    spec = f'score_cam(layer="{layer}", batch=64, align_corners=False, mask_scaling="layer")'
+    ours = np.asarray(ji.explain.explain(spec, model, variables, x, t))
+    assert ref.max() > 0.99 and np.abs(ours - ref).max() < TOL
+    pgc_order = np.asarray(ji.explain.explain(spec.replace('"layer")', '"input")'), model, variables, x, t))
+    assert np.abs(pgc_order - ref).max() > 5 * TOL
+
+
 def test_registered():
     _, model, variables, x, t = _twin()
     for name in ("ss_cam", "is_cam"):
@@ -104,3 +117,5 @@ def test_registered():
         ji.explain.get("ss_cam(samples=0)")
     with pytest.raises(ValueError):
         ji.explain.get("ss_cam(std=-1.0)")
+    with pytest.raises(ValueError, match="mask_scaling"):
+        ji.explain.get('score_cam(mask_scaling="output")')

@@ -16,7 +16,7 @@ from jinterp.ops import resize
 
 
 def score_cam_weights(model, variables, images, targets, maps, *, batch, score, channel_softmax, baseline,
-                      align_corners):  # fmt: skip
+                      align_corners, mask_scaling="input"):  # fmt: skip
     """Score-CAM channel weights (eq. 8-9) for (N, h, w, C) ``maps``; (N, C).
 
     Only channels with a non-constant map are run through the network: a constant map's mask
@@ -27,17 +27,20 @@ def score_cam_weights(model, variables, images, targets, maps, *, batch, score, 
     ``while_loop`` does not support) goes through the same computation with every chunk run
     (``lax.map`` over a static count, :func:`_weights_all_chunks`), so gradients are exact.
     """
-    options = (batch, score, channel_softmax, baseline, align_corners)
+    options = (batch, score, channel_softmax, baseline, align_corners, mask_scaling)
     return _score_weights(model, options, variables, images, targets, maps)
 
 
 def _masked_channel_scores(model, variables, images, targets, flat, idx, options):
     """Scores of the images masked by the upsampled, min-max normalised channel maps ``flat[idx]``."""
-    batch, score, _, _, align_corners = options
+    batch, score, _, _, align_corners, mask_scaling = options
     c = flat.shape[0] // images.shape[0]
-    up = resize.upsample(flat[idx], images.shape[1:3], align_corners)
-    lo, hi = up.min((1, 2), keepdims=True), up.max((1, 2), keepdims=True)
-    masks = (up - lo) / (hi - lo + 1e-8)  # PGC score_cam.py epsilon
+    if mask_scaling == "layer":  # torch-cam: min-max at the layer's resolution, then upsampled
+        masks = resize.upsample(pipeline.minmax(flat[idx], eps=1e-8), images.shape[1:3], align_corners)
+    else:
+        up = resize.upsample(flat[idx], images.shape[1:3], align_corners)
+        lo, hi = up.min((1, 2), keepdims=True), up.max((1, 2), keepdims=True)
+        masks = (up - lo) / (hi - lo + 1e-8)  # PGC score_cam.py epsilon
     logits, _ = pipeline.forward(model, variables, images[idx // c] * masks[..., None])
     return pipeline.score_fn(score)(logits, targets[idx // c])
 
@@ -51,7 +54,7 @@ def _zero_image_scores(model, variables, images, targets, score):
 
 
 def _finish_weights(scores, s0, options):
-    _, _, channel_softmax, baseline, _ = options
+    _, _, channel_softmax, baseline, *_ = options
     if baseline:
         scores = scores - s0[:, None]
     return jax.nn.softmax(scores, axis=-1) if channel_softmax else scores
@@ -124,6 +127,7 @@ def score_cam(
     channel_softmax: bool = True,
     baseline: bool = False,
     align_corners: bool = True,
+    mask_scaling: str = "input",
 ):
     """Score-CAM: each channel's upsampled, min-max normalised map masks the input; its weight is
     the masked image's score (eq. 8-9). Heat = ReLU(sum_k w_k A_k), upsampled and scaled.
@@ -144,9 +148,13 @@ def score_cam(
       channel_softmax: softmax the scores over channels (PGC).
       baseline: subtract the zero image's score (eq. 8).
       align_corners: mask upsampling convention.
+      mask_scaling: ``'input'`` (PGC, the authors' code): min-max scale each upsampled mask;
+        ``'layer'``: min-max scale each channel map at the layer's resolution, then upsample, as
+        torch-cam 0.5 does (``mask_scaling="layer", align_corners=False`` reproduces its ``ScoreCAM``).
     """
     check_int("batch", batch, low=1)
     check_choice("score", score, pipeline.SCORES)
+    check_choice("mask_scaling", mask_scaling, ("input", "layer"))
 
     def fn(model, variables, images, targets):
         layers, _, out = pipeline.forward_layers(model, variables, images, targets, layer)
@@ -155,6 +163,7 @@ def score_cam(
             w = score_cam_weights(
                 model, variables, images, targets, out[k], batch=batch, score=score,
                 channel_softmax=channel_softmax, baseline=baseline, align_corners=align_corners,
+                mask_scaling=mask_scaling,
             )  # fmt: skip
             cams.append(pipeline.weighted_sum(out[k], w))
         return pipeline.finish(cams, images.shape[1:3])
