@@ -166,6 +166,12 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def image_label(batch: Mapping[str, np.ndarray]) -> dict:
-    """The two keys a train step reads, labels as int32."""
-    return {"image": batch["image"], "label": np.asarray(batch["label"]).astype(np.int32)}
+def image_label(batch: Mapping[str, np.ndarray], extra: tuple[str, ...] = ()) -> dict:
+    """The keys a train step reads: ``image``, ``label`` (as int32) and the ``extra`` ones (e.g. the
+    ``object_mask`` an explanation loss needs); a missing one raises ValueError naming the batch keys."""
+    missing = [k for k in extra if k not in batch]
+    if missing:
+        raise ValueError(f"batch: the losses need {missing}; this data set yields {sorted(batch)}")
+    return {"image": batch["image"], "label": np.asarray(batch["label"]).astype(np.int32)} | {
+        k: batch[k] for k in extra
+    }

@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 
 from jinterp.checks import check_choice
-from jinterp.losses import grouping, hierarchical, sync
+from jinterp.losses import explanation, grouping, hierarchical, sync
+from jinterp.losses.explanation import RightReasons, explanation_terms
 from jinterp.losses.hierarchical import LAYER_PAIRS
 from jinterp.ops import clustering
 from jinterp.ops.spec import bind, parse
@@ -313,7 +314,7 @@ class Sync:
         return state
 
 
-LOSSES = {"iccnn": ICCNN, "hiccnn": HICCNN, "sync": Sync}
+LOSSES = {"iccnn": ICCNN, "hiccnn": HICCNN, "sync": Sync, "rrr": explanation.RightReasons}
 
 
 def get(spec: str):
@@ -355,6 +356,7 @@ def for_backbone(name: str, backbone: str, multi: bool = False, num_classes: int
 # recompute that sum with weights held as numbers in its state (vmappable over sweep points).
 WEIGHT_FIELDS = {
     "group": "weight",
+    "outside": "weight",
     "multi": "multi_weight",
     "hier": "hier_weight",
     "lac": "lac_weight",
@@ -389,10 +391,15 @@ def apply(specs, out: dict, labels: jax.Array, states: dict, weights: Mapping[st
     Without ``weights`` each spec contributes its own value (its fields weight its terms); with
     ``weights`` (``{"<name>.<field>": scalar}``, keys as :func:`loss_weights`) it contributes
     :func:`weighted_loss` of its unweighted terms. ``logs`` holds, per spec, ``loss/<name>`` (its
-    weighted contribution) and its unweighted terms ``<name>/<term>``.
+    weighted contribution) and its unweighted terms ``<name>/<term>``. Explanation losses
+    (``needs_inputs``, :mod:`.explanation`) are left to :func:`explanation_terms`; their state passes
+    through unchanged.
     """
     total, new_states, logs = jnp.zeros((), jnp.float32), {}, {}
     for spec in specs:
+        if needs_inputs(spec):
+            new_states[spec.name] = states[spec.name]
+            continue
         value, new_states[spec.name], spec_logs = spec(out, labels, states[spec.name])
         if weights is not None:
             value = weighted_loss(spec, spec_logs, weights)
@@ -402,14 +409,23 @@ def apply(specs, out: dict, labels: jax.Array, states: dict, weights: Mapping[st
     return total, new_states, logs
 
 
+def needs_inputs(spec) -> bool:
+    """True for losses computed from the model and the batch (explanations), not from the maps."""
+    return getattr(spec, "needs_inputs", False)
+
+
 __all__ = [
     "HICCNN",
     "ICCNN",
     "LAYER_PAIRS",
     "LOSSES",
+    "RightReasons",
     "WEIGHT_FIELDS",
     "Sync",
     "apply",
+    "explanation",
+    "explanation_terms",
+    "needs_inputs",
     "for_backbone",
     "get",
     "grouping",

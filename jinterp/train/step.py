@@ -18,7 +18,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def make_train_step(model, tx: optax.GradientTransformation, specs: tuple, factor: Callable):
     """Pure ``train_step(state, batch) -> (state, metrics)`` (batch: ``image`` (B,H,W,3), ``label`` (B,)).
 
-    Loss = CE + the terms of ``specs`` (``jinterp.losses.apply``) weighted by
+    Loss = CE + the terms of ``specs`` (``jinterp.losses.apply``; explanation losses through
+    ``jinterp.losses.explanation_terms``, which read the batch's masks) weighted by
     ``state.hparams["loss_weights"]``. Metrics are means over the global batch. The input state is not
     modified (the new learning rate goes into a new optimiser state).
 
@@ -27,6 +28,8 @@ def make_train_step(model, tx: optax.GradientTransformation, specs: tuple, facto
     ``metrics["nonfinite"] = 1``; ``train.nan_policy`` decides what the loop does about it
     (:class:`jinterp.train.actions.NonFiniteGuard`).
     """
+
+    explainers = tuple(s for s in specs if losses.needs_inputs(s))
 
     def loss_fn(params, state, batch, rng):
         (logits, out), updates = model.apply(
@@ -37,9 +40,12 @@ def make_train_step(model, tx: optax.GradientTransformation, specs: tuple, facto
             rngs={"dropout": rng},
         )
         ce = cross_entropy(logits, batch["label"])
-        extra, loss_state, logs = losses.apply(
-            specs, out, batch["label"], state.loss_state, weights=state.hparams["loss_weights"]
-        )
+        weights = state.hparams["loss_weights"]
+        extra, loss_state, logs = losses.apply(specs, out, batch["label"], state.loss_state, weights=weights)
+        if explainers:  # explanation losses: of the eval-mode model at the current parameters
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            penalty, more = losses.explanation_terms(explainers, model, variables, batch, weights)
+            extra, logs = extra + penalty, {**logs, **more}
         batch_stats = updates.get("batch_stats", state.batch_stats)
         return ce + extra, (logits, batch_stats, loss_state, {"loss/ce": ce, **logs})
 

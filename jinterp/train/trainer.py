@@ -80,6 +80,7 @@ class Trainer:
         self.tx = optim.make_optimizer(config.optimizer)
         self.loss_specs = build_losses(config.get("losses", {}))  # as configured: they seed the weights
         self.specs = computed_terms(self.loss_specs, points)  # what the step computes
+        self.batch_keys = tuple(dict.fromkeys(s.mask for s in self.specs if losses.needs_inputs(s)))
         self.mesh = parallel.make_mesh(int(config.get("num_devices", 0) or 0))
         self.batch_size = int(config.train.batch_size)
         if self.batch_size % self.mesh.devices.size:
