@@ -9,8 +9,11 @@ rules, a linear model, hand-derived marginal winning probabilities).
 
 import tests.torch_refs as torch_refs  # noqa: I001  (installs the torchvision stand-in first)
 
+import dataclasses
 import functools
 from typing import ClassVar
+
+import chex
 
 import flax.linen as nn
 import jax
@@ -293,6 +296,24 @@ def test_registered_heatmaps(name):
         permuted = np.asarray(ji.explain.explain(spec, model, variables, x[::-1], t[::-1]))
         assert np.allclose(permuted[::-1], heat, atol=1e-5)
     assert ji.explain.METHODS[name].needs_gradients
+
+
+@pytest.mark.parametrize("name", ["guided_backprop", "excitation_backprop", "fullgrad"])
+def test_jitted_once(name, monkeypatch):
+    """The traced-jaxpr ReLU swap, the LRP rule sites and FullGrad's interceptor trace once per shape:
+    a second call with other values does not retrace (``chex.assert_max_traces``, as for the CAMs)."""
+    m = ji.explain.METHODS[name]
+    chex.clear_trace_counter()  # counts are kept per code object, which these methods' functions share
+
+    @functools.wraps(m.factory)
+    def factory(**options):
+        return chex.assert_max_traces(m.factory(**options), n=1)
+
+    counted = f"{name}_counted"
+    monkeypatch.setitem(ji.explain.METHODS, counted, dataclasses.replace(m, name=counted, factory=factory))
+    _, model, variables, x, t = _cached_twin("small_cnn")
+    ji.explain.explain(counted, model, variables, x, t)
+    ji.explain.explain(counted, model, variables, x + 1.0, t[::-1])
 
 
 def test_passes_metadata():
