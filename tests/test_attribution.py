@@ -117,12 +117,12 @@ def test_smoothgrad_matches_captum_noise_tunnel():
 
 
 def test_smoothgrad_noise_is_relative_to_each_images_range():
-    images = jnp.stack([jnp.zeros((32, 32, 3)), jnp.linspace(-2.0, 2.0, 32 * 32 * 3).reshape(32, 32, 3)])
+    images = jnp.stack([jnp.zeros((16, 16, 3)), jnp.linspace(-2.0, 2.0, 16 * 16 * 3).reshape(16, 16, 3)])
     eps = np.asarray(
         jax.jit(lambda x: jax.vmap(attribution.gaussian_noise(x, 0.15, 0))(jnp.arange(8)))(images)
     )
     assert np.allclose(eps[:, 0], 0.0)  # a constant image has range 0
-    assert abs(eps[:, 1].std() - 0.15 * 4.0) < 0.02
+    assert abs(eps[:, 1].std() - 0.15 * 4.0) < 0.03
     assert not np.allclose(eps[0], eps[1])  # samples differ
     first = jax.jit(lambda x: attribution.gaussian_noise(x, 0.15, 0)(0)[0])
     assert np.allclose(first(images[1:]), first(images[::-1]))  # the same in a batch of 1 or 2
@@ -298,7 +298,8 @@ def test_registered_heatmaps(name):
     assert ji.explain.METHODS[name].needs_gradients
 
 
-@pytest.mark.parametrize("name", ["guided_backprop", "excitation_backprop", "fullgrad"])
+@pytest.mark.parametrize("name", ["guided_backprop", pytest.param("excitation_backprop", marks=SLOW),
+                                  pytest.param("fullgrad", marks=SLOW)])  # fmt: skip
 def test_jitted_once(name, monkeypatch):
     """The traced-jaxpr ReLU swap, the LRP rule sites and FullGrad's interceptor trace once per shape:
     a second call with other values does not retrace (``chex.assert_max_traces``, as for the CAMs)."""
