@@ -58,7 +58,9 @@ def grad_cam_weights(maps, grads):
 def grad_cam_pp_weights(maps, grads, eps: float = 1e-6):
     """Grad-CAM++, eq. 4, with the exponential-score closed form of the higher derivatives
     (d2 = g^2, d3 = g^3), exactly as PGC: ``a = g^2 / (2 g^2 + sum A * g^3 + eps)`` (0 where g = 0),
-    ``w_k = sum_ij relu(g) a``."""
+    ``w_k = sum_ij relu(g) a``. torch-cam 0.5's ``GradCAMpp`` departs from this formula (its division
+    runs in place on a copy, ``alpha[idx][mask].div_``, so the alphas stay un-normalised: 0.21 apart on
+    ResNet18); the paper's formula is kept."""
     g2 = grads**2
     g3 = g2 * grads
     a = g2 / (2 * g2 + _sum_hw(maps)[:, None, None, :] * g3 + eps)
@@ -137,7 +139,9 @@ def smooth_grad_cam_pp(layer: pipeline.Layer = None, samples: int = 4, std: floa
     g^2, D3 = g^3 in eq. 5's notation), then combined with the clean image's maps as Grad-CAM++.
     Defaults ``samples=4, std=0.3`` (absolute noise on the normalised input) are torch-cam's
     ``SmoothGradCAMpp``; unlike torch-cam, which multiplies the alphas by the *last* sample's
-    gradient, eq. 5's averaged gradient is used. Noise comes from ``jax.random.key(seed)`` (pure).
+    gradient and uses that sample's activations (its maps then differ across seeds, correlation 0.50 on
+    ResNet18), eq. 5's averaged gradient and the clean image's maps are used. Noise comes from
+    ``jax.random.key(seed)`` (pure).
     Validated: ``samples`` an int >= 1, ``std`` a finite number >= 0, ``seed`` an int in [0, 2^31).
     """
     check_int("samples", samples, low=1)
