@@ -195,7 +195,7 @@ def test_iccnn_recluster_recovers_planted_groups():
 
 
 def test_registry_get_for_backbone_and_errors():
-    assert set(losses.LOSSES) == {"iccnn", "hiccnn", "sync"}
+    assert set(losses.LOSSES) == {"iccnn", "hiccnn", "sync", "rrr"}
     assert losses.get("sync") == losses.Sync()
     spec = losses.for_backbone("hiccnn", "vgg16")
     assert (spec.shallow_layer, spec.layer, spec.weight, spec.hier_weight) == (
