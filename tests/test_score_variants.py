@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchcam.methods import ISCAM, SSCAM, ScoreCAM
 
 import jinterp as ji
-from jinterp.explain import score_variants
+from jinterp.explain import pipeline, score_variants
 
 TOL = 1e-5
 N, SIZE, C = 2, 32, 128
@@ -75,7 +75,7 @@ def test_ss_cam_matches_torchcam_on_the_same_noise():
         return score_variants.ss_cam_weights(m, v, images, targets, maps, noise_fn, samples=samples, batch=64,
                                              score="logit")  # fmt: skip
 
-    fn = jax.jit(score_variants._explainer(weights, "conv6"), static_argnums=0)
+    fn = jax.jit(pipeline.channel_weighted_explainer(weights, "conv6"), static_argnums=0)
     ours = np.asarray(fn(model, variables, jnp.asarray(x), jnp.asarray(t)))
     assert ref.max() > 0.99 and np.abs(ours - ref).max() < TOL
     seeded = np.asarray(

@@ -115,3 +115,16 @@ def forward_layers(model, variables, images, targets, layer):
     layers = resolve_layers(model, layer)
     logits, out = forward(model, variables, images)
     return layers, logits, out
+
+
+def channel_weighted_explainer(weights_fn: Callable, layer) -> Callable:
+    """``fn(model, variables, images, targets)``: per layer of ``layer``, ``weighted_sum`` of its maps with
+    ``weights_fn(model, variables, images, targets, maps) -> (N, C)``, then :func:`finish` (the
+    masked-input CAMs: Score-CAM and its SS / IS variants)."""
+
+    def fn(model, variables, images, targets):
+        layers, _, out = forward_layers(model, variables, images, targets, layer)
+        weights = lambda k: weights_fn(model, variables, images, targets, out[k])
+        return finish([weighted_sum(out[k], weights(k)) for k in layers], images.shape[1:3])
+
+    return fn

@@ -156,16 +156,11 @@ def score_cam(
     check_choice("score", score, pipeline.SCORES)
     check_choice("mask_scaling", mask_scaling, ("input", "layer"))
 
-    def fn(model, variables, images, targets):
-        layers, _, out = pipeline.forward_layers(model, variables, images, targets, layer)
-        cams = []
-        for k in layers:
-            w = score_cam_weights(
-                model, variables, images, targets, out[k], batch=batch, score=score,
-                channel_softmax=channel_softmax, baseline=baseline, align_corners=align_corners,
-                mask_scaling=mask_scaling,
-            )  # fmt: skip
-            cams.append(pipeline.weighted_sum(out[k], w))
-        return pipeline.finish(cams, images.shape[1:3])
+    def weights(model, variables, images, targets, maps):
+        return score_cam_weights(
+            model, variables, images, targets, maps, batch=batch, score=score,
+            channel_softmax=channel_softmax, baseline=baseline, align_corners=align_corners,
+            mask_scaling=mask_scaling,
+        )  # fmt: skip
 
-    return fn
+    return pipeline.channel_weighted_explainer(weights, layer)

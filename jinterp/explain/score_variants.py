@@ -104,20 +104,6 @@ def is_cam_weights(model, variables, images, targets, maps, *, samples, batch, s
     return jax.nn.softmax(scores, axis=-1)
 
 
-def _explainer(weights_fn, layer):
-    def fn(model, variables, images, targets):
-        pipeline.check_inputs(model, images, targets)
-        layers = pipeline.resolve_layers(model, layer)
-        _, out = pipeline.forward(model, variables, images)
-        cams = [
-            pipeline.weighted_sum(out[k], weights_fn(model, variables, images, targets, out[k]))
-            for k in layers
-        ]
-        return pipeline.finish(cams, images.shape[1:3])
-
-    return fn
-
-
 @register(
     "ss_cam",
     needs_gradients=False,
@@ -159,7 +145,7 @@ def ss_cam(
             model, variables, images, targets, maps, noise_fn, samples=samples, batch=batch, score=score
         )
 
-    return _explainer(weights, layer)
+    return pipeline.channel_weighted_explainer(weights, layer)
 
 
 @register(
@@ -189,4 +175,4 @@ def is_cam(layer: pipeline.Layer = None, samples: int = 10, batch: int = 32, sco
             model, variables, images, targets, maps, samples=samples, batch=batch, score=score
         )
 
-    return _explainer(weights, layer)
+    return pipeline.channel_weighted_explainer(weights, layer)
