@@ -175,6 +175,22 @@ def test_larger_images_and_many_classes():
     np.testing.assert_allclose(frac.mean(), small["object_mask"].mean((1, 2)).mean(), rtol=0.1)  # scale-free
 
 
+def test_centred_variant_fills_the_frame_around_the_centre():
+    """``centred``: the object covers ~26 % of the frame (7 % by default) and its box is centred."""
+    kw = dict(train_size=96, test_size=8)
+    centred = data.generate(data.make_config(centred=True, **kw), "train")
+    default = data.generate(data.make_config(**kw), "train")
+    frac, frac0 = centred["object_mask"].mean((1, 2)), default["object_mask"].mean((1, 2))
+    assert 0.18 < frac.mean() < 0.35 and frac0.mean() < 0.1, (frac.mean(), frac0.mean())
+    body = centred["landmarks"][:, data.PART_NAMES.index("body")]
+    off = np.abs(body - 0.5).max(-1)  # visible body pixels' centroid (occluders shift it) vs the centre
+    assert np.median(off) < 0.06 and off.max() < 0.2, (np.median(off), off.max())
+    np.testing.assert_array_equal(centred["label"], default["label"])  # same classes, other framing
+    assert data.parts_world_config("parts_world/64px_8cls_seed2_centred").centred
+    assert not data.parts_world_config("parts_world/64px_8cls_seed2").centred
+    assert pw.config_name(seed=2, centred=True) == "64px_8cls_seed2_centred"
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="num_classes"):
         data.make_config(num_classes=500)

@@ -53,6 +53,7 @@ Other public names: ``NAMES``, ``num_classes(name, **config)``, ``info(name, **c
 
 import numpy as np
 
+from jinterp.data.geometry import mask_bbox, part_landmarks
 from jinterp.data.loader import (
     CATALOG,
     NAMES,
@@ -70,8 +71,6 @@ from jinterp.data.parts_world import (
     PartsWorldConfig,
     generate,
     make_config,
-    mask_bbox,
-    part_landmarks,
     parts_world_classes,
 )
 from jinterp.data.transforms import (

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jinterp.data import parts_world as pw
+from jinterp.data.geometry import mask_bbox
 from jinterp.data.transforms import augment_batch, augment_params, normalize_images
 from jinterp.ops.resize import interp_matrix
 
@@ -23,7 +24,7 @@ CATALOG = {
     "voc": ("voc/2012", 20),
     "imagenet2012": ("imagenet2012", 1000),
 }
-_CONFIG_RE = re.compile(r"^(\d+)px_(?:binary|(\d+)cls)(?:_n(\d+)-(\d+))?(?:_seed(\d+))?$")
+_CONFIG_RE = re.compile(r"^(\d+)px_(?:binary|(\d+)cls)(?:_n(\d+)-(\d+))?(?:_seed(\d+))?(_centred)?$")
 
 
 def default_data_dir() -> str:
@@ -52,7 +53,8 @@ def parts_world_config(name: str = "parts_world", **config) -> pw.PartsWorldConf
                 f"name: cannot parse PartsWorld config {variant!r}; expected e.g. '64px_8cls', "
                 "'128px_binary', '64px_32cls_n800-200_seed3'"
             )
-        size, ncls, ntr, nte, seed = m.groups()
+        size, ncls, ntr, nte, seed, centred = m.groups()
+        kwargs["centred"] = bool(centred)
         kwargs["image_size"] = int(size)
         if ncls is None:
             kwargs["binary"] = True
@@ -173,7 +175,7 @@ class _DigitsSource:
             "image": self.image[idx],
             "label": self.label[idx],
             "object_mask": mask,
-            "bbox": pw.mask_bbox(mask),
+            "bbox": mask_bbox(mask),
         }
 
 

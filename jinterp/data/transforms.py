@@ -6,7 +6,7 @@ function of (seed, global step).
 
 import numpy as np
 
-from jinterp.data import parts_world as pw
+from jinterp.data.geometry import mask_bbox, part_landmarks
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -83,13 +83,13 @@ def augment_batch(batch: dict, params: dict, bbox_from_mask: bool = True) -> dic
         geo = np.stack([ya[:, 0], xa[:, 0], ya[:, 1], xa[:, 1]], 1)
         geo = np.where((bb != 0).any(1, keepdims=True), geo, 0)
         use_mask = bbox_from_mask and "object_mask" in batch
-        out["bbox"] = pw.mask_bbox(out["object_mask"]) if use_mask else geo.astype(np.float32)
+        out["bbox"] = mask_bbox(out["object_mask"]) if use_mask else geo.astype(np.float32)
     if "landmarks" in batch:
         ly, lx = to_crop(
             batch["landmarks"][..., 0].astype(np.float64), batch["landmarks"][..., 1].astype(np.float64)
         )
         fallback = np.clip(np.stack([ly, lx], -1), 0, 1).astype(np.float32)
-        out["landmarks"], out["part_visible"] = pw.part_landmarks(out["part_masks"], fallback)
+        out["landmarks"], out["part_visible"] = part_landmarks(out["part_masks"], fallback)
     return out
 
 
