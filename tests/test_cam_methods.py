@@ -256,6 +256,27 @@ def test_cluster_cam_analytic():
     np.testing.assert_allclose(h, d["heatmap"], atol=1e-5)
 
 
+def test_cluster_cam_spectral_graphs_are_eq12_on_ssim_and_eq11_on_eq17():
+    """'spectral': A = exp(-(d / median d)^2) where SSIM > theta (eq. 12, sigma in units of the median
+    distance); 'spectral_normalized': A = exp(-(1 - exp(-d)) / sigma) where exp(-d) > theta (eq. 17, 11)."""
+    from jinterp.explain import masking
+    from jinterp.ops.clustering import ssim_matrix
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (6, 64)).astype(np.float32)  # 6 maps of 8 x 8, already in [0, 1]
+    d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+    s = np.asarray(ssim_matrix(jnp.asarray(x.reshape(6, 8, 8))))
+    med = np.median(d[~np.eye(6, dtype=bool)])
+    theta = float(np.median(s))  # cuts about half of the edges
+    ours = masking._spectral_affinity(jnp.asarray(x), "spectral", 2.0, theta, (8, 8))
+    np.testing.assert_allclose(ours, np.where(s > theta, np.exp(-((d / (2.0 * med)) ** 2)), 0.0), atol=1e-5)
+    assert 0 < np.sum(np.asarray(ours) == 0) < 36
+    old = masking._spectral_affinity(jnp.asarray(x), "spectral_normalized", 0.5, 0.01, (8, 8))
+    np.testing.assert_allclose(
+        old, np.where(np.exp(-d) > 0.01, np.exp(-(1 - np.exp(-d)) / 0.5), 0.0), atol=1e-5
+    )
+
+
 # ------------------------------------------------------------------ Group-CAM, NumPy re-derivation
 
 

@@ -21,7 +21,7 @@ from jinterp.explain import pipeline
 from jinterp.explain.registry import register
 from jinterp.ops import resize
 from jinterp.ops.blur import gaussian_blur_reflect
-from jinterp.ops.clustering import kmeans, spectral_clustering
+from jinterp.ops.clustering import kmeans, spectral_clustering, spectral_clustering_unnormalized, ssim_matrix
 
 
 def _check_positive(argument: str, value: int) -> None:
@@ -200,22 +200,49 @@ def group_cam(
 # ------------------------------------------------------------------------------------- Cluster-CAM
 
 
-def _cluster_labels(maps, clusters, method, key, iters, n_init, sigma, theta):
+SPECTRAL_METHODS = ("spectral", "spectral_normalized")
+
+
+def _spectral_affinity(x, method, sigma, theta, shape):
+    """Weighted adjacency of the C maps ``x`` (C, h*w), already scaled by the image's largest activation.
+
+    ``'spectral'``, the paper's §3.1 as written: S = SSIM of the maps (eq. 10 with SSIM, data range 1),
+    ``A = exp(-d^2 / sigma^2)`` where ``S > theta``, else 0 (eq. 12), d the Euclidean distance of the
+    maps. The paper leaves sigma's scale open; here it is in units of the median pairwise distance of
+    the image's maps (``sigma = 1``: ``exp(-(d / median d)^2)``), so the graph does not depend on the
+    activation scale. ``'spectral_normalized'`` (jinterp's earlier variant): eq. 17's
+    ``S = exp(-||F_i - F_j||)`` put into eq. 11, ``A = exp(-(1 - S) / sigma)`` where ``S > theta``.
+    """
+    d = jnp.sqrt(jnp.maximum(jnp.sum((x[:, None] - x[None]) ** 2, -1), 0.0))
+    if method == "spectral_normalized":
+        s = jnp.exp(-d)
+        return jnp.where(s > theta, jnp.exp(-(1 - s) / sigma), 0.0)
+    s = ssim_matrix(x.reshape(-1, *shape), data_range=1.0)
+    off = ~jnp.eye(x.shape[0], dtype=bool)
+    med = jnp.nanmedian(jnp.where(off, d, jnp.nan))
+    scale = sigma * jnp.where(med > 0, med, 1.0)
+    return jnp.where(s > theta, jnp.exp(-((d / scale) ** 2)), 0.0)
+
+
+def _cluster_labels(maps, clusters, method, key, iters, n_init, sigma, theta, eigenvectors):
     """Cluster the C channel maps of one image ((h, w, C)) into ``clusters`` groups; (C,) labels."""
     x = maps.reshape(-1, maps.shape[-1]).T  # (C, h*w): one point per channel map
     if method == "kmeans":
         return kmeans(x, clusters, key, iters=iters, n_init=n_init).labels
-    # eq. 17 on maps scaled by the image's largest activation (the paper leaves the scale open;
-    # without it exp(-||F_i - F_j||) underflows for any real layer), then eq. 11 and eq. 14-16.
+    # Maps scaled by the image's largest activation (the paper leaves the scale open; without it
+    # exp(-||F_i - F_j||) underflows for any real layer, and SSIM needs a data range).
     x = x / jnp.maximum(x.max(), 1e-12)
-    d = jnp.sqrt(jnp.maximum(jnp.sum((x[:, None] - x[None]) ** 2, -1), 0.0))
-    s = jnp.exp(-d)
-    affinity = jnp.where(s > theta, jnp.exp(-(1 - s) / sigma), 0.0)
-    return spectral_clustering(affinity, clusters, key, iters=iters, n_init=n_init)
+    affinity = _spectral_affinity(x, method, sigma, theta, maps.shape[:2])
+    if method == "spectral_normalized":  # normalised Laplacian (eq. 14), NJW / sklearn embedding
+        return spectral_clustering(affinity, clusters, key, iters=iters, n_init=n_init)
+    # L = D - A (eq. 13), eigenvectors u_2 .. u_{K+1} (eq. 15-16), k-means of their rows.
+    return spectral_clustering_unnormalized(
+        affinity, clusters, key, eigenvectors=eigenvectors, iters=iters, n_init=n_init
+    )
 
 
 def _check_cluster_options(method, score, beta, seed=0, sigma=1.0, theta=0.0, **positive) -> None:
-    check_choice("method", method, ("kmeans", "spectral"))
+    check_choice("method", method, ("kmeans", *SPECTRAL_METHODS))
     check_choice("score", score, pipeline.SCORES)
     for name, v in positive.items():
         _check_positive(name, v)
@@ -225,13 +252,13 @@ def _check_cluster_options(method, score, beta, seed=0, sigma=1.0, theta=0.0, **
     check_number("theta", theta, 0.0, 1.0, open_high=True)
 
 
-def _representative_maps(maps, clusters, method, seed, iters, n_init, sigma, theta):
+def _representative_maps(maps, clusters, method, seed, iters, n_init, sigma, theta, eigenvectors=0):
     """Steps 1-2 (eq. 18): per-image cluster labels (N, C) of the maps, the clusters' mean maps
     (N, Q, h, w) and their sizes (N, Q)."""
     keys = jax.random.split(jax.random.key(seed), maps.shape[0])
-    labels = jax.vmap(lambda m, k: _cluster_labels(m, clusters, method, k, iters, n_init, sigma, theta))(
-        maps, keys
-    )
+    labels = jax.vmap(
+        lambda m, k: _cluster_labels(m, clusters, method, k, iters, n_init, sigma, theta, eigenvectors)
+    )(maps, keys)
     onehot = jax.nn.one_hot(labels, clusters, dtype=maps.dtype)  # (N, C, Q)
     counts = onehot.sum(1)
     cluster_maps = jnp.einsum("nhwc,ncq->nqhw", maps, onehot) / jnp.maximum(counts, 1.0)[:, :, None, None]
@@ -258,7 +285,11 @@ def _cluster_cam_details(model, variables, images, targets, **options):
 
     1. Per image, the C maps F_n of ``layer`` are clustered into Q = ``clusters`` groups:
        k-means on the flattened maps (Euclidean distance, §3.1; k-means++ seeding from
-       ``jax.random.key(seed)``, best of ``n_init``), or ``method='spectral'`` (eq. 17, 11, 14-16).
+       ``jax.random.key(seed)``, best of ``n_init``); ``method='spectral'``, §3.1 as written: SSIM
+       similarity (eq. 10), eq. 12 adjacency, unnormalised L = D - A (eq. 13), the ``eigenvectors``
+       K smoothest eigenvectors u_2..u_{K+1} (eq. 15-16; 0 means Q - 1), k-means of their rows into
+       Q clusters (:func:`_spectral_affinity` for sigma, theta); or ``'spectral_normalized'``,
+       jinterp's earlier variant (eq. 17 into eq. 11, normalised Laplacian eq. 14, Q eigenvectors).
     2. Representative maps ``F~_q`` = mean of the cluster's maps (eq. 18).
     3. Scores ``y_q = S_c(U(F~_q) ∘ X)`` (eq. 19), Q forward passes. ``normalize=True`` min-max
        scales the upsampled map first, as Score-CAM's H_n (eq. 9); the paper's eq. 19 writes the
@@ -297,8 +328,10 @@ def _cluster_cam_details(model, variables, images, targets, **options):
     size = images.shape[1:3]
     sfn = pipeline.score_fn(o.score)
 
+    if o.eigenvectors < 0 or o.eigenvectors > c - 1:
+        raise ValueError(f"eigenvectors: expected 0 (Q - 1) or 1..{c - 1} got {o.eigenvectors}")
     labels, cluster_maps, counts = _representative_maps(
-        maps, clusters, o.method, o.seed, o.iters, o.n_init, o.sigma, o.theta
+        maps, clusters, o.method, o.seed, o.iters, o.n_init, o.sigma, o.theta, o.eigenvectors
     )
     up = resize.upsample(cluster_maps, size)
     masks = pipeline.minmax(up, eps=1e-8) if o.normalize else up
@@ -360,6 +393,7 @@ def cluster_cam(
     n_init: int = 10,
     sigma: float = 1.0,
     theta: float = 0.0,
+    eigenvectors: int = 0,
     batch: int = 16,
 ):
     """Cluster-CAM heatmaps; see :func:`cluster_cam_details` (same options) for the method and
@@ -368,6 +402,7 @@ def cluster_cam(
     _check_cluster_options(
         method, score, beta, seed, sigma, theta, clusters=clusters, batch=batch, n_init=n_init, iters=iters
     )
+    check_int("eigenvectors", eigenvectors, low=0)
 
     def fn(model, variables, images, targets):
         return _cluster_cam_details(model, variables, images, targets, **options)["heatmap"]

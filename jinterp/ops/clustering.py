@@ -5,6 +5,7 @@ clustering per deep region for HICCNN). Shapes are static: ``k`` and iteration c
 
 >>> res = kmeans(x, 5, jax.random.key(0))             # x: (N, D) -> res.labels (N,), res.centroids (5, D)
 >>> labels = spectral_clustering(affinity, 5, key)    # affinity: (N, N) symmetric, >= 0
+>>> labels = spectral_clustering_unnormalized(a, 5, key, eigenvectors=3)  # Cluster-CAM §3.1, L = D - A
 """
 
 import functools
@@ -12,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class KMeansResult(NamedTuple):
@@ -151,3 +153,81 @@ def spectral_clustering(
     if not 1 <= k <= affinity.shape[0]:
         raise ValueError(f"k: expected 1 <= k <= N = {affinity.shape[0]}, got {k}")
     return kmeans(spectral_embedding(affinity, k), k, key, iters=iters, n_init=n_init).labels
+
+
+# ------------------------------------------------------------- Cluster-CAM's spectral clustering (§3.1)
+
+
+def _window_index(h: int, w: int, win: int) -> np.ndarray:
+    """(P, win*win) flat pixel indices of each of the P win x win windows fully inside an h x w map."""
+    ii, jj = np.meshgrid(np.arange(win), np.arange(win), indexing="ij")
+    offsets = (ii * w + jj).reshape(-1)
+    starts = (np.arange(h - win + 1)[:, None] * w + np.arange(w - win + 1)[None]).reshape(-1)
+    return starts[:, None] + offsets[None]
+
+
+def ssim_matrix(maps: jax.Array, data_range: float = 1.0, win: int = 7) -> jax.Array:
+    """(C, C) mean SSIM (Wang et al. 2004) between every pair of C maps (C, h, w).
+
+    As ``skimage.metrics.structural_similarity(data_range=..., win_size=7)``: uniform ``win`` x ``win``
+    windows (``min(win, h, w)`` rounded down to odd), sample (ddof = 1) variances and covariance,
+    ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``, the SSIM map averaged over the windows fully inside the
+    map. All pairs at once: each window's cross moments are one ``(C, win^2) x (win^2, C)`` product.
+    """
+    c, h, w = maps.shape
+    win = min(win, h, w)
+    win -= 1 - win % 2
+    x = maps.reshape(c, h * w).astype(jnp.float32)
+    patches = jnp.moveaxis(x[:, _window_index(h, w, win)], 1, 0)  # (P, C, win^2)
+    mu = patches.mean(-1)  # (P, C)
+    norm = win**2 / (win**2 - 1)  # ddof = 1
+    var = norm * ((patches * patches).mean(-1) - mu * mu)
+    exy = jnp.einsum("pcq,pdq->pcd", patches, patches, precision=jax.lax.Precision.HIGHEST) / win**2
+    cov = norm * (exy - mu[:, :, None] * mu[:, None, :])
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    num = (2 * mu[:, :, None] * mu[:, None, :] + c1) * (2 * cov + c2)
+    den = (mu[:, :, None] ** 2 + mu[:, None, :] ** 2 + c1) * (var[:, :, None] + var[:, None, :] + c2)
+    return jnp.mean(num / den, axis=0)
+
+
+def laplacian_eigenvectors(affinity: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Cluster-CAM eq. 13, 15-16: ``L = D - A`` (unnormalised), ``L = U^T Lambda U``, and
+    ``B = [u_2 ... u_{k+1}]``, the k smoothest eigenvectors after the constant u_1.
+
+    Returns:
+      ``(B (N, k), eigenvalues (N,) ascending)``.
+    """
+    a = 0.5 * (affinity + affinity.T)
+    lap = jnp.diag(a.sum(1)) - a
+    vals, vecs = jnp.linalg.eigh(lap)
+    return vecs[:, 1 : k + 1], vals
+
+
+@functools.partial(jax.jit, static_argnames=("k", "eigenvectors", "iters", "n_init"))
+def spectral_clustering_unnormalized(
+    affinity: jax.Array, k: int, key: jax.Array, eigenvectors: int = 0, iters: int = 100, n_init: int = 10
+) -> jax.Array:
+    """Cluster-CAM §3.1: k-means (:func:`kmeans`) of the rows ``q_n`` of eq. 16's ``B``.
+
+    Args:
+      affinity: (N, N) symmetric weighted adjacency ``A`` (eq. 11 / 12).
+      k: number of clusters Q (static).
+      key: PRNG key for k-means seeding.
+      eigenvectors: K, the eigenvectors ``u_2 ... u_{K+1}`` (static); 0 means Q - 1 (for Q = 2, the
+        Fiedler vector u_2 alone, as the paper's two-cluster case).
+      iters, n_init: k-means settings (static).
+
+    Returns:
+      (N,) int32 cluster index per node.
+    """
+    affinity = jnp.asarray(affinity, jnp.float32)
+    n = affinity.shape[0]
+    if affinity.ndim != 2 or affinity.shape[1] != n:
+        raise ValueError(f"affinity: expected a square (N, N) matrix, got shape {affinity.shape}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k: expected 1 <= k <= N = {n}, got {k}")
+    kk = eigenvectors or max(k - 1, 1)
+    if not 1 <= kk <= n - 1:
+        raise ValueError(f"eigenvectors: expected 1 <= K <= N - 1 = {n - 1}, got {kk}")
+    b, _ = laplacian_eigenvectors(affinity, kk)
+    return kmeans(b, k, key, iters=iters, n_init=n_init).labels
