@@ -1,4 +1,5 @@
-"""jinterp's one command line: train, sweep, evaluate, explain, look at the data, concepts, compare.
+"""jinterp's one command line: train, sweep, evaluate, explain, look at the data, concepts, compare,
+fidelity (the papers' claims re-run), clam.
 
     python launch.py --config configs/quickstart.py --workdir runs/quickstart                  # train
     python launch.py --config configs/vgg16.py:hiccnn,runlocal --workdir /tmp/v --config.train.steps=20
@@ -10,6 +11,8 @@
     python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode concepts  # seed 001
     python launch.py --config configs/quickstart.py --workdir runs/compare --mode compare \\
         --runs cnn=runs/cnn/evaluation/metrics.json,hiccnn=runs/hiccnn/evaluation/metrics.json
+    python launch.py --config configs/fidelity.py --workdir runs/fidelity --mode fidelity      # fidelity.md
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart --mode clam      # seed 003
 
 ``--config`` is a Python file with ``get_config(arg)`` (``file.py:arg`` passes ``arg``); any field can be
 overridden with ``--config.<path>=<value>`` (unknown keys and wrong types are rejected). Training resumes
@@ -30,7 +33,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "sweep", "evaluate", "explain", "show_data", "concepts", "compare")
+MODES = ("train", "sweep", "evaluate", "explain", "show_data", "concepts", "compare", "fidelity", "clam")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, reports).")
@@ -192,6 +195,23 @@ def compare_mode(config, workdir: str) -> dict:
     return paths
 
 
+def fidelity_mode(config, workdir: str) -> dict:
+    """The papers' claims re-run (``jinterp.fidelity``) -> ``workdir/fidelity.md`` (+ ``fidelity.report_dir``)."""
+    from jinterp import fidelity
+
+    command = " ".join(["python launch.py", *sys.argv[1:]]) if sys.argv[0].endswith("launch.py") else ""
+    result = fidelity.run_fidelity(config, workdir, command=command, progress=lambda s: print(s, flush=True))
+    print(open(result["report"]).read())
+    return result
+
+
+def clam_mode(config, workdir: str) -> dict:
+    """Seed 003: fit CLA-layers on the trained model in ``workdir`` and evaluate -> ``workdir/clam/``."""
+    from jinterp.fidelity import clam
+
+    return clam.launch(config, workdir)
+
+
 def run(mode: str, config, workdir: str):
     """Validate the config and the workdir, then run ``mode`` (what ``main`` does, without flags)."""
     from jinterp import train
@@ -202,7 +222,8 @@ def run(mode: str, config, workdir: str):
     if mode in ("evaluate", "explain"):
         _methods(config)  # a bad spec fails before a checkpoint is restored
     modes = {"train": train_mode, "sweep": sweep_mode, "evaluate": evaluate_mode, "explain": explain_mode,
-             "show_data": show_data_mode, "concepts": concepts_mode, "compare": compare_mode}  # fmt: skip
+             "show_data": show_data_mode, "concepts": concepts_mode, "compare": compare_mode,
+             "fidelity": fidelity_mode, "clam": clam_mode}  # fmt: skip
     return modes[mode](config, workdir)
 
 

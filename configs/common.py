@@ -65,8 +65,6 @@ def base() -> ml_collections.ConfigDict:
 
 def loss_config(variant: str, backbone: str, multi: bool, num_classes: int, **overrides) -> dict:
     """``config.losses`` for a paper variant: the spec of ``jinterp.losses.for_backbone`` as a dict."""
-    import dataclasses
-
     from jinterp import losses
 
     if variant == "cnn":
@@ -76,8 +74,7 @@ def loss_config(variant: str, backbone: str, multi: bool, num_classes: int, **ov
     else:
         extra = {"sync_weight": 0.0} if variant == "sync_no_sync" else {}
         spec = losses.for_backbone("sync", backbone, **{**extra, **overrides})
-    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-    return {spec.name: {k: v for k, v in fields.items() if v is not None}}
+    return {spec.name: losses.spec_fields(spec)}
 
 
 def paper(backbone: str, arg: str | None) -> ml_collections.ConfigDict:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from jinterp.data import PART_NAMES, denormalize_images
 from jinterp.metrics import report
@@ -293,6 +293,27 @@ def plot_inconsistency_diversity(curves: Mapping[str, Mapping]) -> Figure:
     return _curves(lines, "inconsistency (lower is better)", "diversity (higher is better)", size=(4.5, 4))
 
 
+def plot_probes(probes: Mapping[str, list], labels: Mapping[str, str]) -> Figure:
+    """Mechanical probes over training, one panel per probe, one line per model (mean over seeds).
+
+    Args:
+      probes: ``{model: [per seed: [{"step": s, probe: value, ...} per checkpoint]]}``.
+      labels: ``{probe key: axis label}``, one panel each.
+    """
+    fig = _figure(3.2 * len(labels), 3.0)
+    axes = np.atleast_1d(fig.subplots(1, len(labels)))
+    for ax, (key, label) in zip(axes, labels.items(), strict=True):
+        for name, runs in probes.items():
+            steps = [p["step"] for p in runs[0]]
+            mean = np.mean([[p[key] for p in run] for run in runs], 0)
+            ax.plot(steps, mean, "o-", ms=3, label=name)
+        ax.set_xlabel("fine-tuning step")
+        ax.set_title(label, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_pointing_curves(results: Mapping[str, Mapping]) -> Figure:
     """Pointing accuracy against residual energy per explainer (seed 003 Fig. 5/6).
 
@@ -313,6 +334,30 @@ def plot_perturbation_curves(results: Mapping[str, Mapping], key: str = "curve")
     lines = [(f"{n} (AUC {float(r['auc_mean']):.3f})", r["fractions"], r[key]) for n, r in results.items()]
     ylabel = "target probability" if key == "curve" else "accuracy"
     return _curves(lines, "fraction of pixels perturbed", ylabel, style="-")
+
+
+def plot_attribute_examples(rows: list, boxes: list, captions: list, heat=None) -> Figure:
+    """Example-based explanation (seed 003 Fig. 4): per CLA-layer row, the input then training images,
+    each with the boxes of its non-redundant attribute regions; ``heat`` overlays a relevance map on
+    the first panel of each row.
+
+    Args:
+      rows: per layer, (K, H, W, 3) images (input first); boxes: per layer, K lists of pixel
+        ``(y0, x0, y1, x1)``; captions: per layer, K titles.
+    """
+    k = max(len(r) for r in rows)
+    pad = [np.concatenate([r, np.zeros((k - len(r),) + r.shape[1:], r.dtype)]) for r in rows]
+    titles = [t for c in captions for t in list(c) + [""] * (k - len(c))]
+    fig = plot_image_grid(np.concatenate(pad), titles=titles, ncols=k, panel=1.6)
+    for i, per_image in enumerate(boxes):
+        if heat is not None:
+            _overlay(fig.axes[i * k], heat, 0.45)
+        for j, image_boxes in enumerate(per_image):
+            for y0, x0, y1, x1 in image_boxes:
+                fig.axes[i * k + j].add_patch(
+                    Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.2)
+                )
+    return fig
 
 
 def plot_metric_pairs(curves: Mapping[str, Mapping], x: str = "interp_mean") -> Figure:
@@ -440,3 +485,14 @@ def compare(metrics_files: Mapping[str, str], outdir: str) -> dict:
       outdir: where the combined ``metrics.json``, ``report.md`` and figures go.
     """
     return write_report(report.load_runs(dict(metrics_files)), outdir)
+
+
+def plot_sweep_panels(panels, ylabel: str) -> Figure:
+    """Side-by-side panels of labelled curves: ``panels`` = ``[(title, xlabel, [(label, x, y), ...])]``."""
+    fig = _figure(3.6 * len(panels), 3.1)
+    for ax, (title, xlabel, lines) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels, strict=True):
+        for label, x, y in lines:
+            ax.plot(np.asarray(x), np.asarray(y), "o-", ms=3, label=label)
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.legend(fontsize=6)
+    return fig

@@ -1,7 +1,7 @@
 """The layout of ``shared/DESIGN.md`` holds: imports flow one way, modules and functions stay short.
 
-Data flow: ``ops -> data -> backbones -> explain -> (losses -> train) | metrics -> viz -> launch.py``:
-``explain`` never imports ``losses`` (losses may use explainers), neither ``explain`` nor ``metrics``
+Data flow: ``ops -> data -> backbones -> explain -> (losses -> train) | metrics -> viz -> fidelity
+-> launch.py``: ``explain`` never imports ``losses`` (losses may use explainers), neither ``explain`` nor ``metrics``
 imports ``train``, nothing in the library imports ``launch``. Imports are read from the source (``ast``),
 including those inside functions, so a lazy import cannot hide a back edge.
 """
@@ -27,6 +27,7 @@ ALLOWED = {
     "sweep": BASE | {"data", "backbones", "explain", "losses", "train"},
     "metrics": BASE | {"data", "backbones", "explain"},
     "viz": BASE | {"data", "backbones", "explain", "metrics"},
+    "fidelity": BASE | {"data", "backbones", "explain", "losses", "train", "metrics", "viz"},
     "__init__": {"xla_cpu"},
 }
 MAX_MODULE_LINES = 500

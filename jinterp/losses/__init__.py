@@ -409,6 +409,12 @@ def apply(specs, out: dict, labels: jax.Array, states: dict, weights: Mapping[st
     return total, new_states, logs
 
 
+def spec_fields(spec) -> dict:
+    """A spec's fields as ``config.losses.<name>`` holds them (fields left at None omitted)."""
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def needs_inputs(spec) -> bool:
     """True for losses computed from the model and the batch (explanations), not from the maps."""
     return getattr(spec, "needs_inputs", False)
@@ -426,6 +432,7 @@ __all__ = [
     "explanation",
     "explanation_terms",
     "needs_inputs",
+    "spec_fields",
     "for_backbone",
     "get",
     "grouping",

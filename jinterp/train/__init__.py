@@ -18,6 +18,8 @@ from jinterp.train.checkpoint import (
     Checkpoints,
     IncompatibleCheckpointError,
     UnreadableCheckpointError,
+    checkpoint_steps,
+    restore_loss_state,
     restore_variables,
 )
 from jinterp.train.config import (
@@ -49,6 +51,7 @@ __all__ = [
     "Trainer",
     "build_losses",
     "check_workdir",
+    "checkpoint_steps",
     "cross_entropy",
     "default_config",
     "is_vmappable",
@@ -63,6 +66,7 @@ __all__ = [
     "predict",
     "resolve_sweep_strategy",
     "restore_model",
+    "restore_loss_state",
     "restore_variables",
     "shard_batch",
     "total_steps",

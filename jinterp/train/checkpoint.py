@@ -190,22 +190,47 @@ class Checkpoints:
             self.manager.close()
 
 
-def restore_variables(workdir: str) -> dict:
-    """``{"params", "batch_stats"}`` of the latest checkpoint in ``workdir``, whatever its optimiser and
-    losses (``config.train.init_from``: continue from a trained model with another recipe).
-
-    Raises:
-      ValueError: ``workdir`` holds no checkpoint.
-    """
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the checkpoints kept in ``workdir``, ascending."""
     checkpoints = Checkpoints(workdir, asynchronous=False)
     try:
-        step = checkpoints.latest_step()
+        return sorted(int(s) for s in checkpoints.manager.all_steps())
+    finally:
+        checkpoints.close()
+
+
+def _restore_raw(workdir: str, step: int | None) -> dict:
+    """The stored train state of ``step`` (default: the latest) as a plain tree, whatever its optimiser."""
+    checkpoints = Checkpoints(workdir, asynchronous=False)
+    try:
+        steps = [int(s) for s in checkpoints.manager.all_steps()]
+        if step is not None and step not in steps:
+            raise ValueError(
+                f"step: no checkpoint at step {step} in {checkpoints.directory}; have {sorted(steps)}"
+            )
+        step = checkpoints.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"config.train.init_from: no checkpoint in {checkpoints.directory}")
         raw = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     finally:
         checkpoints.close()
-    return {"params": raw["state"]["params"], "batch_stats": raw["state"].get("batch_stats", {})}
+    return raw["state"]
+
+
+def restore_variables(workdir: str, step: int | None = None) -> dict:
+    """``{"params", "batch_stats"}`` of the latest checkpoint in ``workdir`` (or of ``step``), whatever its
+    optimiser and losses (``config.train.init_from``: continue from a trained model with another recipe).
+
+    Raises:
+      ValueError: ``workdir`` holds no checkpoint, or none at ``step``.
+    """
+    state = _restore_raw(workdir, step)
+    return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+
+
+def restore_loss_state(workdir: str, step: int | None = None) -> dict:
+    """``{loss name: state}`` (e.g. icCNN's learned ``groups``) of the latest checkpoint (or ``step``)."""
+    return dict(_restore_raw(workdir, step).get("loss_state", {}) or {})
 
 
 def _path_str(path) -> str:

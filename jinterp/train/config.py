@@ -46,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.train_size = 8000
     c.data.test_size = 2000
     c.data.data_seed = 0  # PartsWorld generation seed
+    c.data.centred = False  # PartsWorld: object-centred crops (the papers' protocol; parts_world.py)
     c.data.seed = 0  # batch order and augmentation: batch s = f(seed, s)
     c.data.augment = False
     c.data.normalize = "imagenet"
@@ -112,6 +113,58 @@ def _add_mode_fields(c: ml_collections.ConfigDict) -> None:
     c.concepts.lam = 0.5  # eq. 4 weight of the map distance
     c.concepts.linkage = "ward"
     c.concepts.batch_images = 8
+
+    # --mode fidelity, seed 004 section (jinterp.fidelity.cluster_cam): Tables 1-2 and the sweeps.
+    c.cluster_cam_eval = ml_collections.ConfigDict()
+    c.cluster_cam_eval.num_images = 200  # reported test images (the first of the section's test set)
+    c.cluster_cam_eval.select_images = 100  # held-out images choosing beta / Q (next test images, or train)
+    c.cluster_cam_eval.baselines = (
+        "grad_cam,grad_cam_pp,smooth_grad_cam_pp,xgrad_cam,ablation_cam,score_cam,group_cam"
+    )
+    c.cluster_cam_eval.betas = "0,0.25,0.5,0.75,1"  # eq. 22 balance factors (0.5 and 1 always added)
+    c.cluster_cam_eval.clusters = "2,3,4,5,6,7,8"  # Q (Fig. 6; 6 always added)
+    c.cluster_cam_eval.spectral_images = 100  # images of the spectral sweeps (first reported ones)
+    c.cluster_cam_eval.spectral_k = 5  # eigenvectors K of the spectral Q sweep (Q - 1 at Q = 6)
+    c.cluster_cam_eval.eigenvectors = "1,2,3,5,8"  # K of the spectral K sweep at Q = 6 (Fig. 7)
+    c.cluster_cam_eval.batch = 50  # images per explainer call
+    c.cluster_cam_eval.bootstrap = 2000  # resamples of the 95 % intervals
+
+    # CLAM (seed 003): jinterp.fidelity.clam (the fidelity section and --mode clam).
+    c.clam = ml_collections.ConfigDict()
+    c.clam.layers = "conv4,conv6"  # CLA-layers by tapped layer name
+    c.clam.num_attributes = 4  # N per layer (A.1 nb_attrs)
+    c.clam.patch = 3  # P (sz_patches)
+    c.clam.attr = 2  # A < P (sz_attrs)
+    c.clam.hidden = 32  # D' of the add-on block
+    c.clam.strength_out = 1.3  # mask centre at the layer nearest the output (A.1: 1.2-1.4)
+    c.clam.strength_in = 1.15  # ... at the layer farthest from it (A.1: 1.1-1.15), linear between
+    c.clam.alpha = 0.05  # BCL eq. 5 (A.1: 0.01-0.1)
+    c.clam.beta = 0.5  # BCL eq. 4 (A.1: 0.5-0.6)
+    c.clam.fit_base = "clrp"  # explainer whose layer relevance picks the training patches (eq. 1)
+    c.clam.num_train = 2000  # training images the CLA-layers are fitted on
+    c.clam.epochs = 100  # per layer (A.1: at most 100)
+    c.clam.patience = 5  # early stopping on the mean positive distance (A.1)
+    c.clam.batch_size = 32
+    c.clam.num_images = 200  # correctly classified test images evaluated
+    c.clam.lerf_steps = 25  # LeRF steps (seed 003: 100 steps of 200 px at 224 px = 39.9 %)
+    c.clam.lerf_fraction = 0.4  # pixels removed at the last step
+    c.clam.ablation_strengths = "1.0,2.0"  # CLRP+CLAM re-run with every mask centre at these values
+    c.clam.bank_size = 500  # training images searched for examples (Fig. 4)
+    c.clam.num_examples = 3  # training images shown per layer
+    c.clam.seed = 0
+
+    # --mode fidelity (launch.py): the papers' claims re-run, jinterp.fidelity.run_fidelity.
+    c.fidelity = ml_collections.ConfigDict()
+    c.fidelity.sections = "training,concepts,clam,cluster_cam"  # jinterp.fidelity.SECTIONS
+    c.fidelity.variants = "cnn,iccnn,hiccnn,lac,sync,sync_no_lac"  # jinterp.fidelity.training.VARIANTS
+    c.fidelity.seeds = "0,1,2"  # fine-tuning seeds (data order and dropout) per variant
+    c.fidelity.pretrain_steps = 1000  # the shared plain CNN every variant starts from
+    c.fidelity.finetune_steps = 300  # per variant and seed, from the pretrained checkpoint
+    c.fidelity.finetune_lr = 1e-3  # the same optimiser for every variant (warm-up + cosine)
+    c.fidelity.probe_every = 100  # checkpoints measured for the mechanical-job curves
+    c.fidelity.num_groups = 8  # icCNN / HICCNN groups of the deep layer
+    c.fidelity.shallow_layer = "conv4"  # HICCNN's shallow layer; the deep one is evaluate.layer
+    c.fidelity.report_dir = ""  # also copy fidelity.md and its figures here (e.g. docs)
 
 
 def _leaves(node, prefix: str = ""):
