@@ -196,7 +196,7 @@ def compare_mode(config, workdir: str) -> dict:
 
 
 def fidelity_mode(config, workdir: str) -> dict:
-    """The papers' claims re-run (``jinterp.fidelity``) -> ``workdir/fidelity.md`` (+ ``fidelity.report_dir``)."""
+    """The papers' claims re-run (``jinterp.fidelity``) -> ``workdir/fidelity.md`` (+ a report_dir copy)."""
     from jinterp import fidelity
 
     command = " ".join(["python launch.py", *sys.argv[1:]]) if sys.argv[0].endswith("launch.py") else ""

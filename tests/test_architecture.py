@@ -1,9 +1,9 @@
 """The layout of ``shared/DESIGN.md`` holds: imports flow one way, modules and functions stay short.
 
 Data flow: ``ops -> data -> backbones -> explain -> (losses -> train) | metrics -> viz -> fidelity
--> launch.py``: ``explain`` never imports ``losses`` (losses may use explainers), neither ``explain`` nor ``metrics``
-imports ``train``, nothing in the library imports ``launch``. Imports are read from the source (``ast``),
-including those inside functions, so a lazy import cannot hide a back edge.
+-> launch.py``: ``explain`` never imports ``losses`` (losses may use explainers), neither ``explain``
+nor ``metrics`` imports ``train``, nothing in the library imports ``launch``. Imports are read from
+the source (``ast``), including those inside functions, so a lazy import cannot hide a back edge.
 """
 
 import ast

@@ -153,7 +153,8 @@ def render(sections: dict, meta: dict, figure_root: str) -> str:
         + ")",
         f"- data: `{config.data.name}` {config.data.image_size} px, {config.data.num_classes} classes, "
         f"centred={config.data.centred}; model `{config.model.name}` {dict(config.model.kwargs)}; "
-        f"shared CNN: {config.fidelity.pretrain_steps} steps, test accuracy {base.get('test_accuracy', 0):.3f}",
+        f"shared CNN: {config.fidelity.pretrain_steps} steps, "
+        f"test accuracy {base.get('test_accuracy', 0):.3f}",
         "",
         "## Headline",
         "",

@@ -39,7 +39,7 @@ VARIANTS = ("cnn", "iccnn", "hiccnn", "lac", "sync", "sync_no_lac")
 
 
 def variant_losses(config: ml_collections.ConfigDict, variant: str) -> dict:
-    """``config.losses`` of a variant: the papers' weights (``losses.for_backbone``) on this config's layers."""
+    """``config.losses`` of a variant: the papers' weights (``losses.for_backbone``) on its layers."""
     if variant not in VARIANTS:
         raise ValueError(
             f"config.fidelity.variants: unknown variant {variant!r}; expected some of {VARIANTS}"
