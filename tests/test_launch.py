@@ -105,7 +105,7 @@ PARTS_WORLD = [
 
 @pytest.mark.slow
 def test_every_mode_on_a_tiny_parts_world(tmp_path):
-    """train -> evaluate -> concepts -> compare -> show_data -> sweep through the one command line."""
+    """train -> evaluate -> concepts -> show_data -> clam -> compare through the one command line."""
     env = {"JINTERP_DATA_DIR": str(tmp_path / "data")}
     run = lambda mode, *extra: launch(
         "--workdir", str(tmp_path / "run"), "--mode", mode, *PARTS_WORLD, *extra, env=env
@@ -115,7 +115,9 @@ def test_every_mode_on_a_tiny_parts_world(tmp_path):
         ("evaluate", ()),
         ("concepts", ("--config.concepts.num_images=4", "--config.concepts.cams=grad_cam")),
         ("show_data", ()),
-    ]:
+        ("clam", ("--config.clam.num_train=16", "--config.clam.epochs=2", "--config.clam.num_images=8",
+                  "--config.clam.lerf_steps=2", "--config.clam.bank_size=16", "--config.clam.hidden=8")),
+    ]:  # fmt: skip
         r = run(mode, *extra)
         assert r.returncode == 0, (mode, r.stderr[-3000:])
     report = open(tmp_path / "run" / "evaluation" / "report.md").read()
@@ -126,6 +128,8 @@ def test_every_mode_on_a_tiny_parts_world(tmp_path):
     table = open(tmp_path / "run" / "concepts" / "table.md").read()
     assert "concise" in table and "CRP-" in table and "grad_cam" in table
     assert os.path.getsize(tmp_path / "run" / "data.png") > 1000
+    clam_table = open(tmp_path / "run" / "clam" / "table.md").read()
+    assert "CLAM raises the energy pointing game" in clam_table and "0.5550" in clam_table  # paper beside ours
     runs = f"a={tmp_path}/run/evaluation/metrics.json,b={tmp_path}/run/evaluation/metrics.json"
     r = launch("--workdir", str(tmp_path / "cmp"), "--mode", "compare", "--runs", runs, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -22,6 +22,7 @@ Grad-CAM (Fig. 6), and the mechanical probes (:mod:`.mechanics`) at every kept c
 
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -131,6 +132,7 @@ def run_variant(ctx: Context, variant: str, seed: int) -> dict:
         with open(path) as f:
             return json.load(f)
     ctx.progress(f"[training] {variant} seed {seed}: fine-tuning {ctx.config.fidelity.finetune_steps} steps")
+    start = time.time()
     summary = train.train_and_evaluate(finetune_config(ctx.config, variant, seed, ctx.base_workdir), workdir)
     summary.pop("state")
     variables = train.restore_variables(workdir)
@@ -141,9 +143,18 @@ def run_variant(ctx: Context, variant: str, seed: int) -> dict:
         "evaluation": evaluate_run(ctx, variables),
         "probes": probe_run(ctx, workdir),
     }
+    result["wall_s"] = time.time() - start
     with open(path, "w") as f:
         json.dump(result, f, indent=2, default=float)
     return result
+
+
+def run_seconds(result: dict) -> float:
+    """Wall time of one stored run: fine-tuning, evaluation and probes (older results: the training and
+    evaluation timings they recorded, probes not counted)."""
+    if "wall_s" in result:
+        return float(result["wall_s"])
+    return float(result["summary"]["wall_s"]) + float(sum(result["evaluation"]["timing"].values()))
 
 
 def _items(text: str) -> list[str]:
@@ -157,5 +168,8 @@ def run(ctx: Context) -> Section:
         variant_losses(ctx.config, v)  # a bad name fails before anything trains
     seeds = [int(s) for s in _items(ctx.config.fidelity.seeds)]
     results = {v: [run_variant(ctx, v, s) for s in seeds] for v in variants}
+    start = time.time()
     base = evaluate_run(ctx, ctx.variables)
-    return report_lib.section(ctx, results, base)
+    section = report_lib.section(ctx, results, base)
+    section.wall_s = time.time() - start + sum(run_seconds(r) for runs in results.values() for r in runs)
+    return section
