@@ -252,7 +252,6 @@ def _choose(ctx, sel_pass: Pass, grid: dict, c) -> tuple[dict, Setting, Setting]
 def _measure(ctx: Context) -> dict:
     c = ctx.config.concepts
     layers = tuple(items(c.layers))
-    t0 = time.perf_counter()
     if not str(ctx.config.data.name).startswith("parts_world"):
         raise ValueError(
             f"config.data.name: the seed 001 section needs PartsWorld masks, got {ctx.config.data.name!r}"
@@ -294,7 +293,7 @@ def _measure(ctx: Context) -> dict:
         "bootstrap": int(c.bootstrap),
         "max_maps": float(c.max_maps),
         "nmf": int(c.nmf_components),
-        "seconds": time.perf_counter() - t0,
+        "model": f"{ctx.config.model.name} at {ctx.config.data.image_size} px",
     }
 
 

@@ -40,9 +40,13 @@ RULED_OUT = (
     "Ruled out: protocol (DCNE's code followed: label-conditioned CRP, class-mean top-k on training "
     "images, uint8 thresholds, max over maps, nanmean; the concise setting chosen on held-out images); "
     "implementation (eq. 2-6 on planted clusters in tests/test_concepts.py, CRP against zennit-crp in "
-    "tests/test_crp.py). Not ruled out: data and scale (PartsWorld 64 px, a small CNN with {n} neurons "
-    "in 3 layers, vs CUB-expert 448 px, ResNet-34 with 8512)."
+    "tests/test_crp.py). Not ruled out: data and scale (PartsWorld, {model} with {n} neurons in "
+    "{layers}, vs CUB-expert 448 px, ResNet-34 with 8512)."
 )
+
+
+def ruled_out(m: dict) -> str:
+    return RULED_OUT.format(model=m["model"], n=m["n_neurons"], layers=", ".join(m["layers"]))
 
 
 def crp_name(k: int, n: int) -> str:
@@ -181,35 +185,24 @@ def silhouette_table(m: dict, ks=(2, 3, 5, 10, 20, 30)) -> str:
     return markdown_table(["setting", *(f"k={k}" for k in ks)], rows, fmt=[None, *([".3f"] * len(ks))])
 
 
-def table1(scores: dict, cis: dict, part_names) -> str:
-    rows = []
-    for name, s in scores.items():
-        if name.startswith("concise-"):
-            continue
-        key = paper_key(name)
-        paper = PAPER_T1.get(key) if key else None
-        rows.append(
-            [
-                name,
-                s["maps"],
-                *(s["per_part"][i] for i in part_names),
-                fmt(cis[name]),
-                s["disc"],
-                concepts_eval.DCNE_THRESHOLDS[s["t"]],
-                f"{np.mean(paper):.3f}" if paper else "–",
-                " / ".join(f"{v:.3f}" for v in paper) if paper else "–",
-            ]
-        )
-    head = [
-        "method",
-        "#maps",
-        *(f"{p}" for p in part_names.values()),
-        "Avg [95 % CI]",
-        "disc_mask",
-        "thr",
-        "paper Avg (mean of 3)",
-        "paper Avg per species",
-    ]
+def _paper_cells(name: str) -> tuple[str, str]:
+    """The paper's Table 1 Avg beside a method: mean of the 3 species, and per species."""
+    if name == "CRP-300" or "CRP-300 analogue" in name:
+        return "–", f"– / – / {PAPER_CRP300_SPARROW} (§4.3)"
+    paper = PAPER_T1.get(paper_key(name) or "")
+    return (f"{np.mean(paper):.3f}", " / ".join(f"{v:.3f}" for v in paper)) if paper else ("–", "–")
+
+
+def table1(scores: dict, cis: dict, part_names: dict) -> str:
+    """Table 1: per method, maps, the defining parts' IoU, Avg with its CI, disc_mask, threshold, paper."""
+    rows = [
+        [name, s["maps"], *(s["per_part"][i] for i in part_names), fmt(cis[name]), s["disc"],
+         concepts_eval.DCNE_THRESHOLDS[s["t"]], *_paper_cells(name)]
+        for name, s in scores.items()
+        if not name.startswith("concise-")
+    ]  # fmt: skip
+    head = ["method", "#maps", *part_names.values(), "Avg [95 % CI]", "disc_mask", "thr",
+            "paper Avg (mean of 3)", "paper Avg per species"]  # fmt: skip
     return markdown_table(
         head, rows, fmt=[None, ".1f", *([".3f"] * len(part_names)), None, ".3f", ".0f", None, None]
     )
@@ -272,7 +265,7 @@ def _row_beats(m, scores, boots, pairs: list, claim: str, paper: str) -> Row:
         f"{scores['concise (default)']['maps']:.1f} maps."
     )
     if verdict != "yes":
-        note += " " + RULED_OUT.format(n=m["n_neurons"])
+        note += " " + ruled_out(m)
     return Row(PAPER, claim, paper, ours, verdict, note)
 
 
@@ -291,7 +284,7 @@ def row_crp300(m, scores, boots) -> Row:
         f"of the maps. {b}."
     )
     if verdict != "yes":
-        note += " " + RULED_OUT.format(n=m["n_neurons"])
+        note += " " + ruled_out(m)
     paper = (
         f"§4.3: sparrow {PAPER_T1['concise'][2]} vs CRP-300 {PAPER_CRP300_SPARROW} (0.94) at ~25 vs 300 maps"
     )
