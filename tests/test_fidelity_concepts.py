@@ -143,6 +143,14 @@ def test_candidates_vary_one_factor_from_the_default():
         section.parse_range("1,30")
 
 
+def test_split_agreement_either_way_round_and_undefined_for_one_side():
+    labels = np.array([0, 0, 1, 1, 1])
+    assert section._agreement(labels, np.array([False, False, True, True, True])) == 1.0
+    assert section._agreement(labels, np.array([True, True, False, False, False])) == 1.0
+    assert section._agreement(labels, np.array([True, False, False, False, False])) == 0.8
+    assert np.isnan(section._agreement(labels, np.ones(5, bool)))
+
+
 def test_verdicts_follow_the_paired_intervals():
     assert report._verdict([(0.2, 0.1, 0.3), (0.1, 0.05, 0.2)]) == "yes"
     assert report._verdict([(0.2, -0.1, 0.5), (0.1, 0.05, 0.2)]) == "partly"

@@ -155,7 +155,10 @@ class Pass:
 
 
 def _agreement(labels: np.ndarray, side: np.ndarray) -> float:
-    """How well a 2-cluster labelling matches a boolean partition (1: exactly, either way round)."""
+    """How well a 2-cluster labelling matches a boolean partition (1: exactly, either way round); NaN
+    when the partition has one side only (every split would "agree" by its larger cluster's share)."""
+    if side.all() or not side.any():
+        return np.nan
     agree = float(np.mean((labels == 0) == side))
     return max(agree, 1 - agree)
 

@@ -357,13 +357,19 @@ def _span(sil: list, lo: int, hi: int) -> tuple[float, float]:
 
 def _split_text(r: dict) -> str:
     """How a setting's 2-concept explanations split the neurons (sign of relevance, last layer)."""
-    two = np.isfinite(r["sign"])
+    two = np.asarray(r["count"]) == 2
     if not two.any():
-        return "no 2-concept explanation"
-    sign, layer = np.mean(r["sign"][two] >= 0.95), np.mean(r["layer"][two] >= 0.95)
+        return "no image gets 2 concepts"
+
+    def share(key, what):
+        v = np.asarray(r[key])[two]
+        ok = np.isfinite(v)
+        return f"{100 * np.mean(v[ok] >= 0.95):.0f} % {what}" if ok.any() else f"{what}: not possible"
+
+    sign = share("sign", "split by the sign of the relevance")
+    layer = share("layer", "split the last layer from the rest")
     return (
-        f"{100 * two.mean():.0f} % of the images get 2 concepts; of those, {100 * sign:.0f} % split by the "
-        f"sign of the relevance and {100 * layer:.0f} % into the last layer vs the rest (≥ 95 % agreement)"
+        f"{100 * two.mean():.0f} % of the images get 2 concepts; of those, {sign}, {layer} (≥ 95 % agreement)"
     )
 
 
