@@ -113,6 +113,7 @@ def _add_mode_fields(c: ml_collections.ConfigDict) -> None:
     c.concepts.lam = 0.5  # eq. 4 weight of the map distance
     c.concepts.linkage = "ward"
     c.concepts.batch_images = 8
+    _add_concept_fidelity_fields(c.concepts)
 
     # --mode fidelity, seed 004 section (jinterp.fidelity.cluster_cam): Tables 1-2 and the sweeps.
     c.cluster_cam_eval = ml_collections.ConfigDict()
@@ -165,6 +166,26 @@ def _add_mode_fields(c: ml_collections.ConfigDict) -> None:
     c.fidelity.num_groups = 8  # icCNN / HICCNN groups of the deep layer
     c.fidelity.shallow_layer = "conv4"  # HICCNN's shallow layer; the deep one is evaluate.layer
     c.fidelity.report_dir = ""  # also copy fidelity.md and its figures here (e.g. docs)
+    c.fidelity.report_name = "fidelity"  # <report_dir>/<report_name>.md and <report_dir>/<report_name>/
+
+
+def _add_concept_fidelity_fields(c: ml_collections.ConfigDict) -> None:
+    """``config.concepts`` fields of the fidelity seed 001 section (jinterp.fidelity.concepts): DCNE's
+    protocol, Table 1, Fig. 3."""
+    c.num_neurons = 300  # per-class global top-k by class-mean relevance (DCNE select_neurons)
+    c.k_range = "2,30"  # silhouette search range of the default setting (jinterp's default)
+    c.map_reading = "signed"  # maps eq. 2 compares (jinterp.metrics.concepts_dcne.MAP_READINGS)
+    c.relevance_images = 200  # train images whose class means select the neurons
+    c.select_images = 100  # the next train images, choosing the setting (never the test ones)
+    c.neuron_counts = "50,100,300"  # candidates, each varied alone from the default setting
+    c.lams = "0,0.25,0.5,0.75,1"
+    c.linkages = "ward,average,complete,single"
+    c.k_ranges = "2-30,2-50,5-30,10-50"
+    c.map_readings = "signed,positive,minmax"
+    c.max_maps = 50  # a chosen setting has at most this many concepts on average (§4.3: "< 50")
+    c.nmf_components = 10  # DCNE's NMF baseline (run_dcne.sh: 3, 7, 10)
+    c.paper_cams = "grad_cam,hires_cam,grad_cam_pp,xgrad_cam,layer_cam,fullgrad"  # Table 1
+    c.bootstrap = 2000  # resamples of the 95 % intervals
 
 
 def _leaves(node, prefix: str = ""):
