@@ -302,7 +302,8 @@ def _cluster_cam_details(model, variables, images, targets, **options):
     score"): Q = 6, ``beta = 1`` (the base map alone) and softmax scores, chosen by measurement.
     On four trained PartsWorld small_cnn models (cnn / icCNN / HICCNN / sync, conv6, 64 test images)
     the confidence average drop (lower is better) was 0.159 / 0.223 / 0.201 / 0.164 against
-    Score-CAM's 0.181 / 0.246 / 0.218 / 0.212; with ``beta=0.5, score="logit"`` it was 0.266 /
+    Score-CAM's 0.181 / 0.246 / 0.218 / 0.212 (so the default drops the paper's cognition-scissors
+    term; docs/fidelity.md re-measures it); with ``beta=0.5, score="logit"`` it was 0.266 /
     0.307 / 0.292 / 0.272. Subtracting the scissors map (``beta < 1``) raised the drop
     monotonically on every model (200-setting sweep: beta, Q in 4..16, k-means/spectral,
     normalize, score); ``beta`` stays an option for the paper's full eq. 22.
