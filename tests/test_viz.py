@@ -119,6 +119,13 @@ def draw_everything(outdir) -> dict:
         "plot_perturbation_curves": viz.plot_perturbation_curves({"m": inputs["deletion"]}),
         "plot_metric_pairs": viz.plot_metric_pairs({"m": inputs["landmarks"]}),
         "plot_tsne": viz.plot_tsne(inputs["maps"], [0, 0, 0, 1, 1, 1]),
+        "plot_probes": viz.plot_probes(
+            {"cnn": [[{"step": 0, "spread": 0.3}, {"step": 100, "spread": 0.2}]]}, {"spread": "spread"}
+        ),
+        "plot_attribute_examples": viz.plot_attribute_examples(
+            [inputs["images"][:2]], [[[(1, 1, 5, 5)], []]], [["input", "train"]], heat=inputs["heat"][0]
+        ),
+        "plot_sweep_panels": viz.plot_sweep_panels([("beta", "β", [("drop", [0, 1], [2.0, 1.0])])], "drop"),
     }
     out["save_examples_grid"] = viz.save_examples_grid(batch, os.path.join(outdir, "grid.png"), num=4)
     out["save_figure"] = viz.save_figure(out["plot_image_grid"], os.path.join(outdir, "sub", "g.png"))
