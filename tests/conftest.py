@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 import jinterp  # noqa: E402,F401
@@ -14,3 +15,16 @@ import jinterp  # noqa: E402,F401
 settings.register_profile("default", max_examples=10, deadline=None, derandomize=True)
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
 settings.load_profile("default")
+
+
+@pytest.fixture(scope="module")
+def tiny_fidelity_model():
+    """``(config, model, variables)``: the fidelity sections' tiny config and a seeded 3-class small_cnn."""
+    import jax
+    import jax.numpy as jnp
+
+    from configs import fidelity as fidelity_config
+
+    cfg = fidelity_config.get_config("tiny")
+    model = jinterp.backbones.create("small_cnn", num_classes=3, **cfg.model.kwargs)
+    return cfg, model, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -6,7 +6,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import jinterp as ji
 from configs import fidelity as fidelity_config
@@ -15,20 +14,12 @@ from jinterp.fidelity import cluster_cam_report as report
 from jinterp.fidelity.section import REPLICATED, Context
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = fidelity_config.get_config("tiny")
-    model = ji.backbones.create("small_cnn", num_classes=3, **cfg.model.kwargs)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    return cfg, model, variables
-
-
 def _images(n, seed):
     return np.asarray(jax.random.normal(jax.random.key(seed), (n, 32, 32, 3)), np.float32)
 
 
-def test_beta_heatmaps_equal_cluster_cam_at_each_beta(tiny):
-    _, model, variables = tiny
+def test_beta_heatmaps_equal_cluster_cam_at_each_beta(tiny_fidelity_model):
+    _, model, variables = tiny_fidelity_model
     x = jnp.asarray(_images(3, 0))
     t = jnp.array([0, 1, 2])
     d = ji.explain.cluster_cam_details(model, variables, x, t, layer="conv6", clusters=3, beta=1.0)
@@ -94,8 +85,8 @@ def test_table1_verdicts_follow_the_paired_intervals():
     assert worse.replicated == "no" and "Ruled out" in worse.note
 
 
-def test_run_fills_every_field(tiny, tmp_path):
-    cfg, model, variables = tiny
+def test_run_fills_every_field(tiny_fidelity_model, tmp_path):
+    cfg, model, variables = tiny_fidelity_model
     cfg = fidelity_config.get_config("tiny")
     cfg.cluster_cam_eval.baselines = "grad_cam,ablation_cam,score_cam"
     cfg.cluster_cam_eval.num_images = 8  # ctx.test has 12 < 8 + 8: selection from train

@@ -4,13 +4,10 @@ the resampled DCNE aggregate, the choice of setting on held-out images, the verd
 import os
 import re
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-import jinterp as ji
 from configs import fidelity as fidelity_config
 from jinterp.fidelity import concepts as section
 from jinterp.fidelity import concepts_report as report
@@ -157,14 +154,6 @@ def test_verdicts_follow_the_paired_intervals():
     assert report._verdict([(-0.2, -0.3, -0.1)]) == "no"
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = fidelity_config.get_config("tiny")
-    model = ji.backbones.create("small_cnn", num_classes=3, **cfg.model.kwargs)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    return cfg, model, variables
-
-
 def _data(n, seed):
     """Random images with one rectangle per part; disc_mask = the union of head, tail and wing."""
     rng = np.random.default_rng(seed)
@@ -181,8 +170,8 @@ def _data(n, seed):
     }
 
 
-def test_run_fills_every_field_and_is_deterministic(tiny, tmp_path):
-    cfg, model, variables = tiny
+def test_run_fills_every_field_and_is_deterministic(tiny_fidelity_model, tmp_path):
+    cfg, model, variables = tiny_fidelity_model
     load = lambda split, n: _data(n, 4)  # noqa: E731
     secs = []
     for _ in range(2):
