@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from jinterp import train
+from jinterp import progress, train
 from jinterp.ops import markdown_table
 
 
@@ -141,8 +141,8 @@ def _train_stacked(config, points, mine, dirs, workdir, data, log, shard) -> lis
 
 def _train_one_by_one(config, points, mine, dirs, workdir, data, log, shard) -> list[dict]:
     rows = []
-    for i in mine:
-        print(f"sweep: point {i + 1}/{len(points)} {points[i]}", file=log)
+    for i in progress.bar(mine, desc="sweep", unit="point", file=log):
+        progress.write(f"sweep: point {i + 1}/{len(points)} {points[i]}", log)
         summary = train.train_and_evaluate(apply_overrides(config, points[i]), dirs[i], data=data, log=log)
         rows.append(_row(i, points[i], summary, dirs[i], False))
     return rows

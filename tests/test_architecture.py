@@ -13,11 +13,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "jinterp")
-BASE = {"checks", "xla_cpu", "ops"}
+BASE = {"checks", "xla_cpu", "progress", "ops"}
 # What each top-level part of jinterp may import (besides itself).
 ALLOWED = {
     "checks": set(),
     "xla_cpu": set(),
+    "progress": set(),
     "ops": {"checks"},
     "data": BASE,
     "backbones": BASE | {"data"},

@@ -47,6 +47,7 @@ from jinterp.explain import crp as crp_mod
 from jinterp.explain import explain
 from jinterp.metrics.localization import DCNE_THRESHOLDS, mean_max_iou
 from jinterp.ops.table import markdown_table
+from jinterp.progress import bar as progress_bar
 
 CAM_METHODS = ("grad_cam", "layer_cam", "score_cam", "cluster_cam")
 CRP_KS = (1, 2, 5, 10, 20, 50, None)
@@ -205,7 +206,7 @@ def evaluate_concepts(
     opts = dict(layers=layers, cam_methods=cam_methods, crp_ks=crp_ks, runs=runs, composite=composite)
     opts.update(crp_batch=crp_batch, thresholds=thresholds, lam=lam, linkage=linkage, seconds=seconds)
     best, complexity = {}, {}  # method -> list of (T, b, P) chunks / of per-image map counts
-    for start in range(0, n, batch_images):
+    for start in progress_bar(range(0, n, batch_images), desc="concepts", unit="batch"):
         stop = min(start + batch_images, n)
         x = _pad(images[start:stop], batch_images)
         y = _pad(labels[start:stop], batch_images).astype(np.int32)

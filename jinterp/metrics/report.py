@@ -26,6 +26,7 @@ from jinterp.metrics.consistency import inconsistency_diversity_curve, sras
 from jinterp.metrics.filters import filter_interpretability
 from jinterp.metrics.modules import filter_modules, module_consistency, module_part_alignment
 from jinterp.ops.table import markdown_table
+from jinterp.progress import bar as progress_bar
 
 DEFAULT_METHODS = ("grad_cam", "grad_cam_pp", "layer_cam", "score_cam", "cluster_cam")
 # ``METRICS`` entries scored per explanation method; keys ``<prefix>_<score>`` (e.g. ``iou_mean``).
@@ -157,7 +158,7 @@ def evaluate(
         "apply_fn": lambda x: model.apply(variables, x)[0],
     }
     explanations, heatmaps = {}, {}
-    for spec in methods:
+    for spec in progress_bar(methods, desc="explain", unit="method"):
         spec, scores, heat = _explanation_scores(
             model, variables, spec, layer, inputs, metrics, explain_batch
         )

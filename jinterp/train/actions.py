@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 
+from jinterp import progress
 from jinterp.train import state as state_lib
 
 
@@ -91,12 +92,28 @@ class Progress:
         run.steps_per_s = rate
         self.writer.write({"step": step, "split": "train", "steps_per_s": rate, **mean})
         eta = format_duration((run.total - step) / rate) if rate == rate and rate > 0 else "?"
-        print(
+        progress.write(
             f"step {step}/{run.total} loss {np.mean(mean['loss']):.4f} acc {np.mean(mean['accuracy']):.3f} "
             f"{rate:.2f} steps/s ETA {eta}",
-            file=self.log,
-            flush=True,
+            self.log,
         )
+
+
+class StepBar:
+    """A bar over the run's steps (:mod:`jinterp.progress`: drawn only when ``log`` is a terminal);
+    follows the total when a time budget shortens the run."""
+
+    def __init__(self, run: Run, log):
+        self.run = run
+        self.bar = progress.bar(total=run.total, desc="train", unit="step", initial=run.start, file=log)
+
+    def __call__(self, step: int, state, metrics):
+        if self.bar.total != self.run.total:
+            self.bar.total = self.run.total
+        self.bar.update(1)
+        if step >= self.run.total:
+            self.bar.close()
+        return state
 
 
 def _finite_mean(values) -> np.ndarray:

@@ -101,7 +101,7 @@ def _describe(trainer: Trainer, run: actions.Run, per_epoch: int) -> str:
 def _actions(trainer: Trainer, data, run: actions.Run, checkpoints: Checkpoints, workdir: str, log) -> list:
     cfg = trainer.config.train
     writer = actions.MetricsWriter(workdir)
-    out = [actions.Progress(run, writer, int(cfg.log_every), log)]
+    out = [actions.StepBar(run, log), actions.Progress(run, writer, int(cfg.log_every), log)]
     if cfg.time_budget_s and not run.resumed:
         out.append(
             actions.Budget(

@@ -30,6 +30,7 @@ from jinterp.explain.clam.layers import (
     init_layer,
     paired_distances,
 )
+from jinterp.progress import bar as progress_bar
 
 
 @functools.partial(jax.jit, static_argnames=("model", "layer", "composite"))
@@ -138,7 +139,7 @@ def _train_layer(params, config, patches, labels, icp_all, key, epochs, batch_si
         return optax.apply_updates(params, updates), opt_state, loss, d_pos
 
     best, best_params, waited = np.inf, params, 0
-    for epoch in range(epochs):
+    for epoch in progress_bar(range(epochs), desc=f"CLAM {config.layer}", unit="epoch"):
         key, perm_key, neg_key = jax.random.split(key, 3)
         perm = jax.random.permutation(perm_key, n)[: steps * batch_size].reshape(steps, -1)
         offsets = jax.random.randint(neg_key, perm.shape, 1, k)  # wrong class = y + offset mod K
