@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 import traceback
 
 from absl import app, flags, logging
@@ -62,21 +63,40 @@ def _items(text: str) -> list[str]:
 
 
 def train_mode(config, workdir: str) -> dict:
-    """Train one run (resuming from ``workdir``); ``predictions.png`` when ``config.outputs`` asks."""
+    """Train one run (resuming from ``workdir``); ``predictions.png`` and the evaluation report
+    (``evaluation/report.md``, as ``--mode evaluate``) when ``config.outputs`` asks."""
     from jinterp import train, viz
 
     summary = train.train_and_evaluate(config, workdir)
     state = summary.pop("state")
+    model = train.Trainer(config).model
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
     if config.outputs.predictions_png:
         test = train.load_split(config.data, config.train.eval_split, 16)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        pred = train.predict(train.Trainer(config).model, variables, test["image"])
+        pred = train.predict(model, variables, test["image"])
         titles = [f"pred {p} / {y}" for p, y in zip(pred, test["label"], strict=True)]
         colors = ["green" if p == y else "red" for p, y in zip(pred, test["label"], strict=True)]
         fig = viz.plot_image_grid(test["image"], titles=titles, title_colors=colors)
         summary["predictions_png"] = viz.save_figure(fig, os.path.join(workdir, "predictions.png"))
+    if config.outputs.report:
+        summary["report"] = _train_report(config, workdir, model, variables, summary["step"])
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def _train_report(config, workdir: str, model, variables, step: int) -> str:
+    """The main job's ``evaluation/report.md``; skipped, with the reason, for data without part masks."""
+    from jinterp import train
+
+    data = train.load_split(config.data, config.train.eval_split, config.evaluate.num_images)
+    if "part_masks" not in data:
+        reason = f"{config.data.name!r} has no part masks (pointing, filter metrics)"
+        print(f"report: skipped, {reason}", file=sys.stderr)
+        return ""
+    start = time.time()
+    _, paths = evaluation_report(config, workdir, model, variables, step, data)
+    print(f"report: {paths['report']} ({time.time() - start:.0f} s)", file=sys.stderr)
+    return paths["report"]
 
 
 def sweep_mode(config, workdir: str) -> list:
@@ -99,11 +119,21 @@ def sweep_mode(config, workdir: str) -> list:
 
 def evaluate_mode(config, workdir: str) -> dict:
     """Accuracy, filter metrics, per-method localisation / faithfulness -> ``workdir/evaluation/``."""
-    from jinterp import train, viz
-    from jinterp.metrics import report
+    from jinterp import train
 
     model, variables, step = train.restore_model(config, workdir)
     data = train.load_split(config.data, config.train.eval_split, config.evaluate.num_images)
+    results, paths = evaluation_report(config, workdir, model, variables, step, data)
+    print(json.dumps({"accuracy": results["accuracy"], "files": paths}, indent=2, default=str))
+    return results
+
+
+def evaluation_report(config, workdir: str, model, variables, step: int, data: dict) -> tuple[dict, dict]:
+    """``metrics.report.evaluate`` of ``config.evaluate`` on ``data`` -> ``workdir/evaluation/``
+    (``report.md``, ``metrics.json``, figures); returns the results and the written paths."""
+    from jinterp import viz
+    from jinterp.metrics import report
+
     results, artifacts = report.evaluate(
         model,
         variables,
@@ -114,8 +144,7 @@ def evaluate_mode(config, workdir: str) -> dict:
     )
     name = f"{config.model.name}@{step}"
     paths = viz.write_report({name: results}, os.path.join(workdir, "evaluation"), {name: artifacts})
-    print(json.dumps({"accuracy": results["accuracy"], "files": paths}, indent=2, default=str))
-    return results
+    return results, paths
 
 
 def explain_mode(config, workdir: str, num_images: int = 8) -> str:

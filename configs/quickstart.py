@@ -40,6 +40,11 @@ def get_config(arg: str | None = None):
     c.schedule.name = "warmup_cosine"
     c.schedule.warmup_steps = 100
     c.outputs.predictions_png = True
+    c.outputs.report = True  # evaluation/report.md: heatmap grid, pointing / confidence drop, filter metrics
+    c.evaluate.methods = "grad_cam,grad_cam_pp,layer_cam,score_cam,lrp"
+    c.evaluate.num_images = 500
+    c.evaluate.num_explained = 64
+    c.train.time_reserve_s = 90.0  # the final test pass, the predictions grid and the report
     if a.backbone != "small_cnn":
         c.train.batch_size = 32
     if a.backbone.startswith("vgg"):

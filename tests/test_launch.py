@@ -41,6 +41,7 @@ def test_launch_trains_resumes_and_reports(tmp_path):
     steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
     assert steps == [3, 6, 6]  # two train records and the final test record
     assert os.path.getsize(tmp_path / "predictions.png") > 1000
+    assert "report: skipped, 'digits' has no part masks" in r.stderr  # the quickstart's report needs parts
     # A longer run in the same workdir resumes from step 6 (a finished run is not retrained).
     r = launch("--workdir", str(tmp_path), *TINY[:-4], "--config.train.steps=9", *TINY[-3:])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -120,6 +121,11 @@ def test_every_mode_on_a_tiny_parts_world(tmp_path):
     ]:  # fmt: skip
         r = run(mode, *extra)
         assert r.returncode == 0, (mode, r.stderr[-3000:])
+        if mode == "train":  # the main job writes the evaluation report itself
+            main_job = open(tmp_path / "run" / "evaluation" / "report.md").read()
+            assert "Pointing (disc parts)" in main_job and "Average drop" in main_job and "Interp" in main_job
+            grid = "small_cnn@4_heatmaps.png"
+            assert f"]({grid})" in main_job and os.path.getsize(tmp_path / "run" / "evaluation" / grid) > 1000
     report = open(tmp_path / "run" / "evaluation" / "report.md").read()
     assert "grad_cam(layer='conv6')" in report and "Interp" in report
     metrics = json.load(open(tmp_path / "run" / "evaluation" / "metrics.json"))

@@ -91,6 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.outputs = ml_collections.ConfigDict()
     c.outputs.predictions_png = False
+    c.outputs.report = False  # --mode train: then evaluate (config.evaluate) -> evaluation/report.md
 
     _add_mode_fields(c)
     return c
@@ -156,7 +157,7 @@ def _add_mode_fields(c: ml_collections.ConfigDict) -> None:
 
     # --mode fidelity (launch.py): the papers' claims re-run, jinterp.fidelity.run_fidelity.
     c.fidelity = ml_collections.ConfigDict()
-    c.fidelity.sections = "training,concepts,clam,cluster_cam"  # jinterp.fidelity.SECTIONS
+    c.fidelity.sections = "training,concepts,clam,cluster_cam,explanation_loss"  # fidelity.SECTIONS
     c.fidelity.variants = "cnn,iccnn,hiccnn,lac,sync,sync_no_lac"  # jinterp.fidelity.training.VARIANTS
     c.fidelity.seeds = "0,1,2"  # fine-tuning seeds (data order and dropout) per variant
     c.fidelity.pretrain_steps = 1000  # the shared plain CNN every variant starts from
@@ -166,6 +167,9 @@ def _add_mode_fields(c: ml_collections.ConfigDict) -> None:
     c.fidelity.num_groups = 8  # icCNN / HICCNN groups of the deep layer
     c.fidelity.shallow_layer = "conv4"  # HICCNN's shallow layer; the deep one is evaluate.layer
     c.fidelity.report_dir = ""  # also copy fidelity.md and its figures here (e.g. docs)
+    c.fidelity.rrr_method = "grad_cam"  # explanation_loss section: RightReasons method
+    c.fidelity.rrr_weights = "0.1,0.3,1,3"  # its weights; one chosen on held-out test images
+    c.fidelity.rrr_select_images = 256  # held-out test images after the reported ones choosing it
     c.fidelity.report_name = "fidelity"  # <report_dir>/<report_name>.md and <report_dir>/<report_name>/
 
 
