@@ -81,5 +81,6 @@ def get_config(arg: str | None = None):
         c.cluster_cam_eval.bootstrap = 200
         c.clam.num_train, c.clam.epochs, c.clam.num_images = 32, 3, 16
         c.clam.lerf_steps, c.clam.bank_size, c.clam.hidden = 4, 32, 8
+        c.fidelity.rrr_weights, c.fidelity.rrr_select_images = "0.3,1", 16
     c.concepts.layers = c.concepts.layers if a.scale == "paper" else "conv2,conv4,conv6"
     return c

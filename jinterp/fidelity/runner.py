@@ -21,7 +21,7 @@ from jinterp import train
 from jinterp.fidelity.section import Context, Section
 from jinterp.ops.table import markdown_table
 
-SECTIONS = ("training", "concepts", "clam", "cluster_cam")
+SECTIONS = ("training", "concepts", "clam", "cluster_cam", "explanation_loss")
 
 
 def _items(text: str) -> list[str]:
