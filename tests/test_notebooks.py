@@ -1,5 +1,16 @@
-"""Every notebook in notebooks/ executes top to bottom without error (as a user would run it)."""
+"""The notebooks in notebooks/ run top to bottom (as a user would run them) and show what they claim.
 
+Each notebook asserts what it shows in its own cells (a user sees those checks), and its last cell
+prints one JSON line of headline numbers, which :data:`EXPECTED` and :data:`RELATIONS` check here:
+a notebook whose checks were deleted, or whose demonstration stopped working (black images, a
+model at chance, a broken conservation law), fails this test. Ranges were set from measured runs on
+the project's 2-core CPU with margins for other machines (the measured value is in each comment).
+Notebooks are stored without outputs (``test_saved_without_outputs``).
+"""
+
+import json
+import math
+import os
 import pathlib
 
 import pytest
@@ -7,18 +18,116 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOK_DIR = pathlib.Path(__file__).parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+# notebook -> {headline key: (low, high)} (inclusive); every key must be in the notebook's JSON line.
+EXPECTED = {
+    "explain_cams.ipynb": {
+        "accuracy": (0.8, 1.0),
+        "rgb_min": (0.0, 0.1),
+        "rgb_max": (0.5, 1.0),  # the images were rendered / 255 once, peaking at 0.004
+        "heat_min": (0.0, 1.0),
+        "heat_max": (0.0, 1.0),
+        "pointing_grad_cam": (0.3, 1.0),
+        "pointing_min": (0.2, 1.0),
+        "pointing_random": (0.05, 0.3),
+    },
+}
+# notebook -> [(description, predicate of the headline dict)]: relations between headline values.
+RELATIONS = {
+    "explain_cams.ipynb": [
+        (
+            "Grad-CAM beats a random point by 0.15",
+            lambda h: h["pointing_grad_cam"] > h["pointing_random"] + 0.15,
+        ),
+        ("every CAM beats a random point", lambda h: h["pointing_min"] > h["pointing_random"]),
+    ],
+}
+
+
+def headline(notebook) -> dict:
+    """The JSON object printed on the last line of the last code cell's stdout."""
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    text = "".join(o.get("text", "") for o in code[-1].get("outputs", []) if o.get("output_type") == "stream")
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        raise AssertionError("the last code cell printed nothing; it should print the headline JSON line")
+    try:
+        value = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise AssertionError(f"the last printed line is not JSON: {lines[-1]!r}") from None
+    if not isinstance(value, dict):
+        raise AssertionError(f"the headline should be a JSON object, got {value!r}")
+    return value
+
+
+def check_headline(name: str, values: dict) -> None:
+    """Raise AssertionError naming every headline value outside its range or relation that fails."""
+    problems = []
+    for key, (low, high) in EXPECTED[name].items():
+        if key not in values:
+            problems.append(f"{key}: missing")
+        elif not (isinstance(values[key], int | float) and math.isfinite(values[key])):
+            problems.append(f"{key}: {values[key]!r} is not a finite number")
+        elif not low <= values[key] <= high:
+            problems.append(f"{key}: {values[key]} not in [{low}, {high}]")
+    if not problems:
+        problems += [description for description, holds in RELATIONS.get(name, []) if not holds(values)]
+    assert not problems, f"{name}: " + "; ".join(problems)
+
+
+def test_every_notebook_has_expectations():
+    assert NOTEBOOKS, "no notebooks found"
+    assert {p.name for p in NOTEBOOKS} == set(EXPECTED), "add the new notebook's headline ranges to EXPECTED"
+    assert set(RELATIONS) <= set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_saved_without_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs before saving"
+    assert any("assert " in c.source for c in code), "a notebook checks what it shows"
+    assert "json.dumps" in code[-1].source, "the last cell prints the headline JSON line"
+
+
+def test_check_headline_rejects_bad_values():
+    """The checker can fail: a missing key, a value out of range, a non-number, a broken relation."""
+    good = {key: (low + high) / 2 for key, (low, high) in EXPECTED["explain_cams.ipynb"].items()}
+    good.update(pointing_grad_cam=0.6, pointing_min=0.4, pointing_random=0.15)
+    check_headline("explain_cams.ipynb", good)
+    for bad in (
+        {k: v for k, v in good.items() if k != "accuracy"},
+        {**good, "rgb_max": 0.004},
+        {**good, "accuracy": float("nan")},
+        {**good, "accuracy": "0.9"},
+        {**good, "pointing_grad_cam": 0.31, "pointing_random": 0.2},
+    ):
+        with pytest.raises(AssertionError):
+            check_headline("explain_cams.ipynb", bad)
+    cell = nbformat.v4.new_code_cell("print(1)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="done\n")]
+    with pytest.raises(AssertionError, match="not JSON"):
+        headline(nbformat.v4.new_notebook(cells=[cell]))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_executes(path, tmp_path, monkeypatch):
+def test_notebook_runs_and_holds(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # figures a notebook writes land in a temporary directory
+    # Each notebook builds its PartsWorld split into its own directory (parallel workers never race on
+    # one tfds build), and sees the machine's real devices, not the 4 fake ones of tests/conftest.py.
+    monkeypatch.setenv("JINTERP_DATA_DIR", str(tmp_path / "data"))
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    monkeypatch.setenv("XLA_FLAGS", " ".join(f for f in flags if "force_host_platform_device_count" not in f))
     notebook = nbformat.read(path, as_version=4)
     nbclient.NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    errors = [
-        o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"
-    ]
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    values = headline(notebook)
+    print(f"{path.name}: {json.dumps(values)}")
+    check_headline(path.name, values)
