@@ -33,6 +33,20 @@ EXPECTED = {
         "pointing_min": (0.2, 1.0),
         "pointing_random": (0.05, 0.3),
     },
+    "relevance_and_concepts.ipynb": {
+        "accuracy": (0.8, 1.0),
+        "dense_conservation_err": (0.0, 1e-3),  # 7.7e-7: sum R_conv6 = z_t - b_t (epsilon at fc)
+        "zplus_growth": (-1.0, 1e-6),  # -0.035: sum |R| never grows through z+ layers
+        "flat_conservation_err": (0.0, 1e-3),  # 1.8e-6: the flat first layer conserves
+        "lrp0_gxi_err": (0.0, 1e-3),  # 6.4e-5: LRP-0 = gradient x input
+        "clrp_sum_err": (0.0, 1e-4),  # 7.4e-6: the signed CLRP map sums to zero
+        "clrp_lrp_diff": (0.01, 1.0),  # 0.028: CLRP is not LRP
+        "crp_sum_err": (0.0, 1e-4),  # 2.4e-7: conditional maps add up to the LRP map
+        "crp_rel_err": (0.0, 1e-4),  # 5.2e-7: ... and their relevances to the layer's
+        "concepts": (2, 96),  # 9 of 96 neurons
+        "concept_min_neurons": (1, 96),
+        "concept_trace_err": (0.0, 1e-4),  # a concept's map is its representative neuron's CRP map
+    },
 }
 # notebook -> [(description, predicate of the headline dict)]: relations between headline values.
 RELATIONS = {
