@@ -100,8 +100,7 @@ def run_arm(ctx: Context, images: Images, seed: int, weight: float) -> dict:
     summary = train.train_and_evaluate(run_config(ctx, seed, weight), workdir)
     summary.pop("state")
     variables = train.restore_variables(workdir)
-    logits = train.predict(ctx.model, variables, images.images)
-    correct = logits.argmax(-1) == images.labels
+    correct = train.predict(ctx.model, variables, images.images) == images.labels
     result = {
         "seed": seed,
         "weight": weight,
