@@ -3,8 +3,10 @@
 jinterp runs the jitted ``ji.explain.explain`` (compile excluded, reported separately); PGC runs its
 own classes with ``ClassifierOutputTarget`` per image on the torch twin of the same backbone. Both
 explain the same layer (VGG ``conv5_3`` = ``features[29]``, ResNet ``layer4`` = ``layer4[-1]``).
-Prints a Markdown table with per-image times, the PGC/jinterp ratio, forward passes per image
-(``METHODS`` metadata for jinterp) and the max abs difference of the two heatmaps.
+Prints a Markdown table with per-image times (medians of ``--repeats`` rounds that alternate jinterp
+and PGC calls, so load from other processes hits both alike), the PGC/jinterp ratio (median of the
+same-round ratios), forward passes per image (``METHODS`` metadata for jinterp) and the max abs
+difference of the two heatmaps.
 
 Masked-input methods are slow in PGC on a CPU (Score-CAM on VGG16 at 224 px: minutes per image),
 so ``--masking-size`` runs them at a smaller input (the table states the size used).
@@ -16,7 +18,7 @@ size, explaining the true labels: the realistic case for Score-CAM, whose exact 
 channels finds nothing to skip on random weights (the table's "zero ch." column counts them).
 
     python benchmarks/cams.py [--models vgg16 resnet18] [--size 224] [--batches 1 8]
-        [--methods grad_cam score_cam ...] [--masking-size 64] [--repeats 3] [--no-pgc]
+        [--methods grad_cam score_cam ...] [--masking-size 64] [--repeats 5] [--no-pgc]
     python benchmarks/cams.py --trained configs/x.py WORKDIR --methods score_cam --batches 1 8
 """
 
@@ -24,6 +26,7 @@ import argparse
 import contextlib
 import functools
 import io
+import statistics
 import time
 
 import common
@@ -62,6 +65,15 @@ def run_pgc(method, torch_model, layer, x, targets):
         if method == "score_cam":
             cam.batch_size = 16  # PGC's default
         return cam(torch_refs.to_nchw(x), [ClassifierOutputTarget(int(t)) for t in targets])
+
+
+def timed_pair(fns, repeats):
+    """``(jinterp s, PGC s, PGC/jinterp)``: medians over alternating rounds (NaN without ``fns["pgc"]``)."""
+    times = common.alternating_times(fns, repeats)
+    if "pgc" not in times:
+        return statistics.median(times["jinterp"]), float("nan"), float("nan")
+    ratio = common.median_ratio(times["pgc"], times["jinterp"])
+    return statistics.median(times["jinterp"]), statistics.median(times["pgc"]), ratio
 
 
 def zero_channels(maps) -> float:
@@ -111,8 +123,7 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--masking-size", type=int, default=None, help="input size for masked-input methods")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--pgc-repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5, help="alternating jinterp / PGC rounds")
     parser.add_argument("--no-pgc", action="store_true", help="time jinterp only")
     parser.add_argument("--trained", nargs=2, metavar=("CONFIG", "WORKDIR"), help="a launch.py checkpoint")
     args = parser.parse_args()
@@ -133,17 +144,18 @@ def main():
                 heat = ji.explain.explain(spec, model, variables, x, t).block_until_ready()
                 first = time.perf_counter() - start
                 run = functools.partial(ji.explain.explain, spec, model, variables, x, t)
-                t_jax = common.median_time(lambda run=run: run().block_until_ready(), args.repeats)
-                own[(name, method, size, batch)] = t_jax
-                t_pgc, diff = float("nan"), float("nan")
+                fns = {"jinterp": lambda run=run: run().block_until_ready()}
+                diff = float("nan")
                 if method in PGC and not args.no_pgc:
-                    ref = run_pgc(method, torch_model, torch_layer(torch_model), x, t)
-                    run = functools.partial(run_pgc, method, torch_model, torch_layer(torch_model), x, t)
-                    t_pgc = common.median_time(run, args.pgc_repeats)
-                    diff = float(np.abs(np.asarray(heat) - ref).max())
+                    fns["pgc"] = functools.partial(
+                        run_pgc, method, torch_model, torch_layer(torch_model), x, t
+                    )
+                    diff = float(np.abs(np.asarray(heat) - fns["pgc"]()).max())  # also PGC's warm-up
+                t_jax, t_pgc, ratio = timed_pair(fns, args.repeats)
+                own[(name, method, size, batch)] = t_jax
                 fwd, bwd = ji.explain.METHODS[method].passes(channels)
                 rows.append([
-                    name, method, size, batch, 1e3 * t_jax / batch, 1e3 * t_pgc / batch, t_pgc / t_jax,
+                    name, method, size, batch, 1e3 * t_jax / batch, 1e3 * t_pgc / batch, ratio,
                     f"{fwd} fwd / {bwd} bwd", pgc_passes(method, channels) if method in PGC else "-",
                     f"{zero:.0f}/{channels}", diff, first - t_jax,
                 ])  # fmt: skip

@@ -19,6 +19,24 @@ def median_time(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def alternating_times(fns: dict, repeats: int = 5) -> dict[str, list[float]]:
+    """Wall times in seconds of each ``fns[name]()`` over ``repeats`` rounds, the calls interleaved
+    (a, b, a, b, ...) so load from other processes drifts over every side alike; each ``fn`` must
+    block until its result is ready and should be warmed up (compiled) already."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of ``numerator[i] / denominator[i]`` (same-round pairs of alternating_times)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
 def print_table(header: list[str], rows: list[list], file=sys.stdout) -> None:
     """Print a Markdown table."""
     print("| " + " | ".join(header) + " |", file=file)

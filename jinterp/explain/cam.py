@@ -18,6 +18,7 @@ from jinterp.backbones import feature_grads
 from jinterp.checks import check_choice, check_int, check_number
 from jinterp.explain import pipeline
 from jinterp.explain.registry import register
+from jinterp.ops import principal
 
 CamFn = Callable[[jax.Array, jax.Array], jax.Array]  # (maps, grads) (N, h, w, C) -> (N, h, w)
 
@@ -174,12 +175,16 @@ def eigen_cam(layer: pipeline.Layer = None, sign: str = "svd"):
     """Eigen-CAM (Muhammad & Yeasin 2020): projection of the position-centred maps on their first
     right singular vector (PGC ``get_2d_projection``), then ReLU and scaling. Class-agnostic.
 
+    The direction is the top eigenvector of the smaller Gram matrix, from matmuls
+    (:func:`jinterp.ops.principal.projection`), not a full SVD.
+
     Args:
       layer: layer name(s); default :func:`jinterp.explain.pipeline.default_layer`.
-      sign: a singular vector's sign is arbitrary. ``'svd'`` (default) keeps the sign LAPACK's
-        ``gesdd`` returns, the routine behind both ``jnp.linalg.svd`` on CPU and the
-        ``np.linalg.svd`` PGC calls, so it reproduces PGC; ``'max'`` flips the projection so its
-        largest-magnitude value is positive (Seg-Eigen-CAM eq. 13; deterministic across backends).
+      sign: a singular vector's sign is arbitrary. ``'svd'`` (default) takes the sign of LAPACK's
+        ``gesdd``, behind the ``np.linalg.svd`` PGC calls, at leading order
+        (:func:`jinterp.ops.principal.sign_as_gesdd`: negative at the first position), which
+        reproduces PGC on VGG / ResNet maps as the full float32 SVD did; ``'max'`` flips the
+        projection so its largest-magnitude value is positive (Seg-Eigen-CAM eq. 13).
     """
     check_choice("sign", sign, ("svd", "max"))
 
@@ -187,10 +192,11 @@ def eigen_cam(layer: pipeline.Layer = None, sign: str = "svd"):
         n, h, w, c = maps.shape
         x = maps.reshape(n, h * w, c)
         x = x - x.mean(axis=1, keepdims=True)
-        _, _, vt = jnp.linalg.svd(x, full_matrices=False)
-        p = jnp.einsum("npc,nc->np", x, vt[:, 0], precision=jax.lax.Precision.HIGHEST)
+        p = principal.projection(x)
         if sign == "max":
             p = jnp.where(jnp.abs(p.min(1, keepdims=True)) > jnp.abs(p.max(1, keepdims=True)), -p, p)
+        else:
+            p = principal.sign_as_gesdd(p)
         return p.reshape(n, h, w)
 
     def fn(model, variables, images, targets):

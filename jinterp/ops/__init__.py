@@ -1,6 +1,7 @@
-"""Shared numerics with no domain (clustering, resize, spec strings) and the Markdown table writer."""
+"""Shared numerics with no domain (clustering, first principal component, resize, spec strings) and
+the Markdown table writer."""
 
-from jinterp.ops import blur, clustering, resize, spec
+from jinterp.ops import blur, clustering, principal, resize, spec
 from jinterp.ops.table import format_cell, markdown_table
 
-__all__ = ["blur", "clustering", "format_cell", "markdown_table", "resize", "spec"]
+__all__ = ["blur", "clustering", "format_cell", "markdown_table", "principal", "resize", "spec"]
