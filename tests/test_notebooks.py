@@ -47,6 +47,16 @@ EXPECTED = {
         "concept_min_neurons": (1, 96),
         "concept_trace_err": (0.0, 1e-4),  # a concept's map is its representative neuron's CRP map
     },
+    "train_interpretable.ipynb": {
+        "accuracy_ce": (0.8, 1.0),  # 0.918
+        "accuracy_lac": (0.7, 1.0),  # 0.867
+        "spread_ce": (0.0, 1.0),  # 0.326
+        "spread_lac": (0.0, 1.0),  # 0.255
+        "interp_object_ce": (0.0, 1.0),  # 0.534
+        "interp_object_lac": (0.0, 1.0),  # 0.903
+        "interp_ce": (0.0, 1.0),  # 0.143
+        "interp_lac": (0.0, 1.0),  # 0.425
+    },
 }
 # notebook -> [(description, predicate of the headline dict)]: relations between headline values.
 RELATIONS = {
@@ -56,6 +66,14 @@ RELATIONS = {
             lambda h: h["pointing_grad_cam"] > h["pointing_random"] + 0.15,
         ),
         ("every CAM beats a random point", lambda h: h["pointing_min"] > h["pointing_random"]),
+    ],
+    "train_interpretable.ipynb": [
+        ("L_lac lowers the spread by 0.03", lambda h: h["spread_lac"] < h["spread_ce"] - 0.03),
+        (
+            "L_lac raises Interp (object) by 0.2",
+            lambda h: h["interp_object_lac"] > h["interp_object_ce"] + 0.2,
+        ),
+        ("L_lac raises Interp (parts)", lambda h: h["interp_lac"] > h["interp_ce"] + 0.1),
     ],
 }
 
