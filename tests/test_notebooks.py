@@ -57,6 +57,16 @@ EXPECTED = {
         "interp_ce": (0.0, 1.0),  # 0.143
         "interp_lac": (0.0, 1.0),  # 0.425
     },
+    "clam.ipynb": {
+        "accuracy": (0.8, 1.0),
+        "strength1_err": (0.0, 1e-5),  # 1.8e-6: strength 1 reproduces LRP / CLRP
+        "refined_change": (1e-3, 1.0),  # 0.118: the refinement moves the relevance ...
+        "stronger_change": (1e-3, 10.0),  # 0.526: ... more at strength 2
+        "fit_loss_drop": (1e-6, 1.0),  # 0.0032: fitting lowers the balanced contrastive loss
+        "fit_distance_drop": (0.01, 1.0),  # 0.168: and the positive distance
+        "same_class_conv6": (0.15, 1.0),  # 0.319: retrieval above chance (1/8)
+        "same_class_conv4": (0.15, 1.0),  # 0.250
+    },
 }
 # notebook -> [(description, predicate of the headline dict)]: relations between headline values.
 RELATIONS = {
@@ -66,6 +76,9 @@ RELATIONS = {
             lambda h: h["pointing_grad_cam"] > h["pointing_random"] + 0.15,
         ),
         ("every CAM beats a random point", lambda h: h["pointing_min"] > h["pointing_random"]),
+    ],
+    "clam.ipynb": [
+        ("a stronger mask moves the relevance more", lambda h: h["stronger_change"] > h["refined_change"])
     ],
     "train_interpretable.ipynb": [
         ("L_lac lowers the spread by 0.03", lambda h: h["spread_lac"] < h["spread_ce"] - 0.03),
