@@ -67,6 +67,16 @@ EXPECTED = {
         "same_class_conv6": (0.15, 1.0),  # 0.319: retrieval above chance (1/8)
         "same_class_conv4": (0.15, 1.0),  # 0.250
     },
+    "evaluate_and_compare.ipynb": {
+        "accuracy_random": (0.0, 0.3),  # 0.105
+        "accuracy_step50": (0.0, 1.0),  # 0.531
+        "accuracy_trained": (0.8, 1.0),  # 0.941
+        "pointing_random_init": (0.0, 1.0),  # 0.273
+        "pointing_trained": (0.3, 1.0),  # 0.484
+        "pointing_random_point": (0.05, 0.3),  # 0.162
+        "iou_random_init": (0.0, 1.0),  # 0.064
+        "iou_trained": (0.2, 1.0),  # 0.358
+    },
 }
 # notebook -> [(description, predicate of the headline dict)]: relations between headline values.
 RELATIONS = {
@@ -79,6 +89,14 @@ RELATIONS = {
     ],
     "clam.ipynb": [
         ("a stronger mask moves the relevance more", lambda h: h["stronger_change"] > h["refined_change"])
+    ],
+    "evaluate_and_compare.ipynb": [
+        ("trained beats random on accuracy", lambda h: h["accuracy_trained"] > h["accuracy_random"] + 0.5),
+        (
+            "trained beats random on pointing",
+            lambda h: h["pointing_trained"] > h["pointing_random_init"] + 0.1,
+        ),
+        ("trained beats random on IoU", lambda h: h["iou_trained"] > h["iou_random_init"] + 0.1),
     ],
     "train_interpretable.ipynb": [
         ("L_lac lowers the spread by 0.03", lambda h: h["spread_lac"] < h["spread_ce"] - 0.03),
