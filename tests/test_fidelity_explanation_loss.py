@@ -34,7 +34,7 @@ def test_rows_test_pointing_by_welch_and_accuracy_by_non_inferiority():
     ]
     pointing, mass, accuracy = section.rows(plain, better, 0.3)
     assert pointing.replicated == "yes" and mass.replicated == "yes" and accuracy.replicated == "yes"
-    assert "weight 0.3" in pointing.claim
+    assert "weight 0.3," in pointing.claim
     dropped = [{**r, "accuracy": r["accuracy"] - 0.2} for r in better]
     assert section.rows(plain, dropped, 0.3)[2].replicated == "no"
     assert section.rows(plain, plain, 0.3)[0].replicated == "no"  # no change is not a move
@@ -55,7 +55,7 @@ def test_both_arms_start_from_the_shared_cnn_and_only_rrr_trains_the_penalty(tin
     cfg, run, result, _ = tiny_run
     s = result["sections"]["explanation_loss"]
     assert [r.paper for r in s.rows] == ["RRR"] * 3 and "held-out" in s.body
-    chosen = float(s.rows[0].claim.split("weight ")[1].split(" ")[0])
+    chosen = float(s.rows[0].claim.split("weight ")[1].split(",")[0])
     assert chosen in (0.3, 1.0)
     arm = lambda w: run / "explanation_loss" / f"w{w:g}" / "seed1"  # noqa: E731
     with open(arm(chosen) / "result.json") as f:

@@ -137,32 +137,17 @@ def _row(claim, paper_value, plain, rrr, key, margin=None) -> Row:
 
 
 def rows(plain: list[dict], rrr: list[dict], weight: float) -> list[Row]:
-    ross = "Ross et al. 2017 Fig. 2-3 (qualitative), acc. kept"
-    chosen = f"weight {weight:g} (held-out choice)"
-    return [
-        _row(
-            f"explanation loss moves Grad-CAM onto the class-defining parts ({chosen})",
-            ross,
-            plain,
-            rrr,
-            "pointing_mean",
-        ),
-        _row(
-            "explanation loss moves Grad-CAM relevance onto the object",
-            ross,
-            plain,
-            rrr,
-            "relevance_mass_mean",
-        ),
-        _row(
-            "explanation loss keeps test accuracy",
-            "acc. within 1 point (Tab. 1)",
-            plain,
-            rrr,
-            "accuracy",
-            NON_INFERIORITY,
-        ),
-    ]
+    """The headline rows. Ross et al. show the effect on other data (decoy MNIST, text), so there is
+    no number of theirs for this task: the claims are qualitative."""
+    moved = "qualitative: explanations move to the annotated evidence"
+    claims = [
+        (f"explanation loss (weight {weight:g}, held-out choice) moves Grad-CAM onto the defining parts",
+         moved, "pointing_mean", None),
+        ("explanation loss moves Grad-CAM relevance onto the object", moved, "relevance_mass_mean", None),
+        ("explanation loss keeps test accuracy", f"qualitative: accuracy kept (we test within "
+         f"{NON_INFERIORITY:g})", "accuracy", NON_INFERIORITY),
+    ]  # fmt: skip
+    return [_row(claim, value, plain, rrr, key, margin) for claim, value, key, margin in claims]
 
 
 def _table(arms: dict[str, list[dict]]) -> str:
