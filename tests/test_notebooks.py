@@ -181,8 +181,10 @@ def test_check_headline_rejects_bad_values():
 def test_notebook_runs_and_holds(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # figures a notebook writes land in a temporary directory
     # Each notebook builds its PartsWorld split into its own directory (parallel workers never race on
-    # one tfds build), and sees the machine's real devices, not the 4 fake ones of tests/conftest.py.
+    # one tfds build), writes its runs under tmp_path, and sees the machine's real devices, not the 4
+    # fake ones of tests/conftest.py.
     monkeypatch.setenv("JINTERP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' tempfile workdirs go with tmp_path
     flags = os.environ.get("XLA_FLAGS", "").split()
     monkeypatch.setenv("XLA_FLAGS", " ".join(f for f in flags if "force_host_platform_device_count" not in f))
     notebook = nbformat.read(path, as_version=4)
