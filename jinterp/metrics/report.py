@@ -261,11 +261,17 @@ EXPLAIN_COLUMNS = (
 def markdown(results_by_model: dict[str, dict]) -> str:
     """Markdown tables: accuracy + filter metrics per model, explanation metrics per model and method."""
     rows = [
-        [name, r["accuracy"], r["layer"], *(r["filters"].get(k) for k, _ in FILTER_COLUMNS)]
+        [
+            name,
+            r.get("num_images", ""),
+            r["accuracy"],
+            r["layer"],
+            *(r["filters"].get(k) for k, _ in FILTER_COLUMNS),
+        ]
         for name, r in results_by_model.items()
     ]
     text = "## Filters\n\n" + markdown_table(
-        ["model", "accuracy", "layer", *(h for _, h in FILTER_COLUMNS)], rows
+        ["model", "images", "accuracy", "layer", *(h for _, h in FILTER_COLUMNS)], rows
     )
     rows = [
         [name, method, *(scores.get(k) for k, _ in EXPLAIN_COLUMNS)]
