@@ -126,7 +126,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="alternating jinterp / PGC rounds")
     parser.add_argument("--no-pgc", action="store_true", help="time jinterp only")
     parser.add_argument("--trained", nargs=2, metavar=("CONFIG", "WORKDIR"), help="a launch.py checkpoint")
+    common.add_torch_threads(parser)
     args = parser.parse_args()
+    common.set_torch_threads(args.torch_threads)
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")  # fmt: skip
     rows, own = [], {}

@@ -209,9 +209,20 @@ def test_densenet_batchnorm_needs_a_rule():
 
 
 @pytest.mark.parametrize(
-    "kernel,stride,pad,size", [(3, 1, 1, 9), (3, 2, 1, 9), (3, 2, 1, 8), (1, 2, 0, 7), (7, 2, 3, 11)]
+    "kernel,stride,pad,size",
+    [
+        (3, 1, 1, 9),
+        (3, 2, 1, 9),
+        (3, 2, 1, 8),
+        (1, 2, 0, 7),
+        (7, 2, 3, 11),
+        (3, 1, 1, 2),
+        (3, 2, 1, 2),
+        (3, 1, 1, 1),
+    ],
 )
 def test_conv_transpose_is_the_vjp(kernel, stride, pad, size):
+    """Also on maps smaller than the kernel, where both directions run as patch matmuls."""
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 5)), jnp.float32)

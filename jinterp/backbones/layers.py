@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jinterp.backbones import conv
+
 # torch.nn.BatchNorm2d defaults: eps 1e-5, momentum 0.1 (flax momentum is 1 - torch momentum).
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -28,10 +30,11 @@ def _pairs(value: int | Sequence[int]) -> tuple[int, int]:
 class ConvBN(nn.Module):
     """Convolution with torch-style symmetric zero padding, optionally followed by BatchNorm.
 
-    Returns the pre-activation. Parameters (initialised with ``CONV_INIT`` and zero bias):
-    ``conv/{kernel,bias}``, ``bn/{scale,bias}``, batch stats ``bn/{mean,var}``. Keeping conv and BN
-    in one module lets LRP fold BN into the convolution on the fly (zennit's ``MergeBatchNorm``
-    canonizer).
+    Returns the pre-activation. On maps smaller than the kernel the convolution runs as one matmul
+    over patches (``jinterp.backbones.conv``: exact, 10-130x faster on XLA:CPU). Parameters
+    (initialised with ``CONV_INIT`` and zero bias): ``conv/{kernel,bias}``, ``bn/{scale,bias}``,
+    batch stats ``bn/{mean,var}``. Keeping conv and BN in one module lets LRP fold BN into the
+    convolution on the fly (zennit's ``MergeBatchNorm`` canonizer).
     """
 
     features: int
@@ -51,6 +54,7 @@ class ConvBN(nn.Module):
             padding=((p[0], p[0]), (p[1], p[1])),
             use_bias=self.use_bias,
             kernel_init=CONV_INIT,
+            conv_general_dilated=conv.conv_general_dilated,  # a matmul on maps smaller than the kernel
             name="conv",
         )(x)
         if self.use_bn:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from jinterp.backbones import min_size
+from jinterp.backbones import conv, min_size
 from jinterp.backbones.base import PERTURBATIONS
 from jinterp.backbones.layers import (
     BN_EPSILON,
@@ -188,7 +188,9 @@ class ConvMap:
 
     ``transpose`` writes ``L^T`` as a plain convolution with the flipped kernel (lhs-dilated for
     strides) instead of the transposed convolution ``jax.vjp`` emits: XLA:CPU runs the latter ~7x
-    slower inside loops (CRP's ``lax.map`` over channel chunks), the former at full speed.
+    slower inside loops (CRP's ``lax.map`` over channel chunks), the former at full speed. Both go
+    through :func:`jinterp.backbones.conv.conv_general_dilated`, a matmul on maps smaller than the
+    kernel, as ``ConvBN``'s own forward does.
     """
 
     strides: int
@@ -196,9 +198,7 @@ class ConvMap:
 
     def __call__(self, a, w):
         p = self.padding
-        return jax.lax.conv_general_dilated(
-            a, w, (self.strides,) * 2, ((p, p), (p, p)), dimension_numbers=_NHWC
-        )
+        return conv.conv_general_dilated(a, w, (self.strides,) * 2, ((p, p), (p, p)), dimension_numbers=_NHWC)
 
     def transpose(self, s, w, input_shape):
         pads = []
@@ -207,7 +207,7 @@ class ConvMap:
             dilated = (s.shape[axis] - 1) * self.strides + 1
             pads.append((low, input_shape[axis] + k - 1 - dilated - low))
         flipped = jnp.flip(w, (0, 1)).swapaxes(2, 3)
-        return jax.lax.conv_general_dilated(
+        return conv.conv_general_dilated(
             s, flipped, (1, 1), pads, lhs_dilation=(self.strides,) * 2, dimension_numbers=_NHWC
         )
 
@@ -227,12 +227,12 @@ def _site_params(module: nn.Module, kind: str, a):
         w = v["params"]["kernel"]
         b = v["params"].get("bias", jnp.zeros(w.shape[-1], w.dtype))
 
-        def conv(x, k):  # any kernel shape (rules may run it with fewer channels, e.g. Flat)
+        def bare_conv(x, k):  # any kernel shape (rules may run it with fewer channels, e.g. Flat)
             return module.clone(parent=None, use_bias=False, features=k.shape[-1]).apply(
                 {"params": {"kernel": k}}, x
             )
 
-        return conv, w, b
+        return bare_conv, w, b
     if kind == "dense":
         w = v["params"]["kernel"]
         b = v["params"].get("bias", jnp.zeros(w.shape[-1], w.dtype))
