@@ -8,6 +8,8 @@ import time
 # Benchmarks compare against torch twins that live with the tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jinterp import progress  # noqa: E402  (a bar per timing loop, on a terminal only)
+
 
 def add_torch_threads(parser) -> None:
     """``--torch-threads N``: torch's intra-op threads (0 keeps torch's default, one per core). On a
@@ -27,7 +29,7 @@ def set_torch_threads(n: int) -> None:
 def median_time(fn, repeats: int = 3) -> float:
     """Median wall time of ``fn()`` in seconds; ``fn`` must block until its result is ready."""
     times = []
-    for _ in range(repeats):
+    for _ in progress.bar(range(repeats), desc="timing", unit="call"):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -39,7 +41,7 @@ def alternating_times(fns: dict, repeats: int = 5) -> dict[str, list[float]]:
     (a, b, a, b, ...) so load from other processes drifts over every side alike; each ``fn`` must
     block until its result is ready and should be warmed up (compiled) already."""
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    for _ in progress.bar(range(repeats), desc=" / ".join(fns), unit="round"):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
