@@ -11,7 +11,7 @@ from typing import ClassVar
 import flax.linen as nn
 
 from jinterp.backbones.base import Backbone
-from jinterp.backbones.layers import AdaptiveAvgPool, ConvBN, MaxPool, global_avg_pool
+from jinterp.backbones.layers import AdaptiveAvgPool, ConvBN, MaxPool, PooledDense, global_avg_pool
 
 # torchvision.models.vgg.cfgs: channel counts per block.
 CONFIGS = {
@@ -45,11 +45,14 @@ class VGG(Backbone):
         x = self.tap("pool5", x, out)
         if self.head == "gap":
             return nn.Dense(self.num_classes, name="fc")(global_avg_pool(x)), out
+        pool5 = x
         x = AdaptiveAvgPool(7, name="avgpool")(x)
         x = x.reshape(x.shape[0], -1)  # NHWC flatten; from_torch permutes fc6 from torch's NCHW order
-        for name, width in (("fc6", 4096), ("fc7", 4096)):
-            x = nn.relu(nn.Dense(width, name=name)(x))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        # Below 224 px the pool only enlarges pool5: fc6 folds it into its kernel (PooledDense).
+        x = nn.relu(PooledDense(4096, pool_size=7, name="fc6")(x, source=pool5))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(4096, name="fc7")(x))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, name="fc8")(x), out
 
 
