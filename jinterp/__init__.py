@@ -3,15 +3,18 @@
 Subpackages are imported lazily (``ji.explain`` loads on first access), so importing jinterp
 is cheap and a notebook only pays for what it uses. Importing it calls :func:`apply_xla_cpu_defaults`
 (``jinterp.xla_cpu``: measured faster convolutions on CPU) before jax creates its backend;
-``JINTERP_KEEP_XLA_FLAGS=1`` skips that.
+``JINTERP_KEEP_XLA_FLAGS=1`` skips that. It also turns on JAX's persistent compilation cache under
+``~/.cache/jinterp/xla`` (:mod:`jinterp.compilation_cache`; ``JINTERP_CACHE_DIR`` moves it,
+``JINTERP_COMPILATION_CACHE=0`` opts out), so a new process's first heatmap skips compilation.
 """
 
 import importlib
 
-from jinterp import xla_cpu
+from jinterp import compilation_cache, xla_cpu
 
 apply_xla_cpu_defaults = xla_cpu.apply_defaults
 apply_xla_cpu_defaults()
+compilation_cache.enable()
 
 __version__ = "0.1.0"
 

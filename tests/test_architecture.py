@@ -18,6 +18,7 @@ BASE = {"checks", "xla_cpu", "progress", "ops"}
 ALLOWED = {
     "checks": set(),
     "xla_cpu": set(),
+    "compilation_cache": set(),
     "progress": set(),
     "ops": {"checks"},
     "data": BASE,
@@ -29,7 +30,7 @@ ALLOWED = {
     "metrics": BASE | {"data", "backbones", "explain"},
     "viz": BASE | {"data", "backbones", "explain", "metrics"},
     "fidelity": BASE | {"data", "backbones", "explain", "losses", "train", "metrics", "viz"},
-    "__init__": {"xla_cpu"},
+    "__init__": {"xla_cpu", "compilation_cache"},
 }
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
