@@ -116,9 +116,10 @@ def _dtype(argument: str, value) -> np.dtype:
 
 
 def check_real(argument: str, value) -> np.dtype:
-    """Raise unless ``value`` is an array (or nested list) of real numbers (not complex, bool, text)."""
+    """Raise unless ``value`` is an array (or nested list) of real numbers (not complex, bool, text);
+    bfloat16 counts as a float (``jnp.issubdtype``; numpy does not know it)."""
     dtype = _dtype(argument, value)
-    if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    if dtype == np.bool_ or not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
         raise ValueError(f"{argument}: expected real numbers (int or float dtype), got dtype {dtype}")
     return dtype
 
