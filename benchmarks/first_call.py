@@ -1,13 +1,14 @@
 """Time to first heatmap: each method's first call (trace, compile, run) in a fresh process vs its peer.
 
-For every method (``--methods``, default all registered) a fresh Python process imports everything,
-builds the model (seeded torch twin, weights imported with ``from_torch``) and times its first
-``ji.explain.explain`` call, then the median of ``--repeats`` further calls (steady state). jinterp
-runs twice on one empty persistent compilation cache (``JINTERP_CACHE_DIR``, a fresh temporary
-directory per method): the first process compiles and writes the cache, the second is what a
-notebook restarted later pays. The peer, where one exists (pytorch-grad-cam for the CAMs it has,
-zennit for LRP), runs in its own fresh process: construct + call, first and steady. Masked-input
-methods run at ``--masking-size``. Prints one Markdown table; times only, nothing is asserted.
+For every method (``--methods``, default every registered one that runs without options) a fresh
+Python process imports everything, builds the model (seeded torch twin, weights imported with
+``from_torch``) and times its first ``ji.explain.explain`` call, then the median of ``--repeats``
+further calls (steady state). jinterp runs twice on one empty persistent compilation cache
+(``JINTERP_CACHE_DIR``, a fresh temporary directory per method): the first process compiles and
+writes the cache, the second is what a notebook restarted later pays. The peer, where one exists
+(pytorch-grad-cam for the CAMs it has, zennit for LRP), runs in its own fresh process: construct +
+call, first and steady. Masked-input methods run at ``--masking-size``. Prints one Markdown table;
+times only, nothing is asserted.
 
     python benchmarks/first_call.py [--models resnet18 vgg16] [--size 224] [--masking-size 64]
         [--methods grad_cam lrp ...] [--repeats 5] [--torch-threads 1]
@@ -45,13 +46,21 @@ def _setup(model_name, size, torch_threads):
 
 
 def _jinterp_call(method, model_name, model, variables, x, t):
-    import inspect
-
     import jinterp as ji
 
-    takes_layer = "layer" in inspect.signature(ji.explain.METHODS[method].factory).parameters
-    spec = f'{method}(layer="{LAYERS[model_name][0]}")' if takes_layer else method
+    spec = ji.explain.registry.with_defaults(method, layer=LAYERS[model_name][0])
     return lambda: ji.explain.explain(spec, model, variables, x, t).block_until_ready()
+
+
+def runs_with_defaults(method) -> bool:
+    """False for methods that need an option (``clam`` needs a fitted checkpoint)."""
+    import jinterp as ji
+
+    try:
+        ji.explain.registry.method(method)
+    except ValueError:
+        return False
+    return True
 
 
 def _zennit_call(model_name, torch_model, x, t):
@@ -154,7 +163,7 @@ def main():
         return child(args)
     import jinterp as ji
 
-    methods = args.methods or list(ji.explain.METHODS)
+    methods = args.methods or [m for m in ji.explain.METHODS if runs_with_defaults(m)]
     rows = [measure(m, name, args) for name in args.models for m in methods]
     common.print_table(
         ["model", "method", "px", "jinterp steady ms", "1st process first call s", "2nd process first call s",
