@@ -10,11 +10,14 @@ RRR). Each row: compile seconds (lower + compile), the median of ``--repeats`` c
 call, and achieved TFLOP/s with its share of the matmul peak measured first in the same run (one
 large square matmul per dtype). FLOPs come from XLA's cost analysis of the compiled program; for
 programs with a while loop (which the analysis counts once) they are estimated as forward FLOPs times
-the method's passes (``ji.explain.METHODS``, a backward pass counted as two forwards) and marked ``~``.
-bf16 rows cast the variables and images to bfloat16 (LRP and CRP compute their rules in float32 and
-report the dtype error there). Rows run breadth-first (every model, batch and
-dtype for one workload before the next) until ``--budget-s`` is spent; the rest are listed as
-skipped, so the default run stays under 8 minutes on one GPU. A row that fails prints its error.
+the method's passes (``ji.explain.METHODS``, a backward pass counted as two forwards) and marked ``~``:
+an upper bound, since Score-CAM and CRP skip channels without activation / relevance exactly (so a
+``~`` share can exceed 100 %).
+bf16 rows cast the variables and images to bfloat16; CRP takes float32 images and runs its rules on
+the weights cast back up (``lrp.rule_variables``), so its bf16 rows time that. Rows run
+breadth-first (every model, batch and dtype for one workload before the next) until ``--budget-s``
+is spent; the rest are listed as skipped, so the default run stays under 8 minutes on one GPU. A
+row that fails prints its error.
 """
 
 import argparse

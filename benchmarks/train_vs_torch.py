@@ -144,7 +144,7 @@ def loader_rows(args) -> list[list]:
     memory = jinterp_stepper(config, {k: host[k] for k in ("image", "label")})
     state = trainer.init_state(1000)
     batches = feed.prefetch(data.train(64, 0, 0, 1), to_device)
-    trainer.train_step(state, next(batches))  # compile
+    state, _ = trainer.train_step(state, next(batches))  # compile (the step donates its state)
 
     def from_loader():
         nonlocal state

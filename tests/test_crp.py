@@ -114,3 +114,21 @@ def test_bad_channels_and_layers(small):
         C.conditional_heatmaps(model, v, x, t, "conv7", [0])
     with pytest.raises(ValueError, match="channels: expected shape"):
         C.conditional_heatmaps(model, v, x, t, "conv3", np.zeros((3, 2), int))
+
+
+def test_bfloat16_weights_are_explained_in_float32(small):
+    """A bfloat16 model (mixed-precision training): LRP and CRP run their rules on the weights cast up
+    to float32 (``lrp.rule_variables``), so they equal the float32 run of the same rounded weights
+    exactly, instead of failing on a bfloat16 x float32 convolution."""
+    model, v, x, t = small
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), v)
+    rounded = jax.tree.map(lambda a: a.astype(jnp.float32), half)
+    got = C.conditional_heatmaps(model, half, x.astype(jnp.bfloat16), t, "conv2", [0, 5])
+    want = C.conditional_heatmaps(
+        model, rounded, x.astype(jnp.bfloat16).astype(jnp.float32), t, "conv2", [0, 5]
+    )
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == jnp.float32
+        np.testing.assert_array_equal(g, w)
+    lrp_half = lrp.lrp_relevance(model, half, x, t).input
+    np.testing.assert_array_equal(lrp_half, lrp.lrp_relevance(model, rounded, x, t).input)

@@ -23,7 +23,6 @@ import numpy as np
 
 from jinterp.backbones import check_layers, layer_shapes, min_size
 from jinterp.backbones.base import PERTURBATIONS
-from jinterp.backbones.taps import strip_perturbations
 from jinterp.checks import check_images, check_int, check_targets
 from jinterp.explain import lrp, pipeline, rules
 from jinterp.explain.registry import register
@@ -42,7 +41,7 @@ def channel_scores(relevance: jax.Array, abs_norm: bool = True) -> jax.Array:
 def _lower_and_upper(model, variables, images, targets, layer, composite):
     """One forward: logits, map at ``layer``, cotangent at ``layer`` from the target logit, and the
     VJP of images -> map (the lower network), whose residuals every channel's backward shares."""
-    variables = strip_perturbations(variables)
+    variables = lrp.rule_variables(variables, images)
     shape = layer_shapes(model, images.shape[1:3])[layer]
     zeros = jnp.zeros((images.shape[0], *shape[1:]), images.dtype)
 
@@ -143,8 +142,9 @@ def conditional_heatmaps(
             f"channels: indices must lie in [0, {n_ch}) for layer {layer!r}, got {ch.min()}..{ch.max()}"
         )
     check_int("batch_size", batch_size, low=1)
+    images = jnp.asarray(images, pipeline.float_dtype(images))  # bf16 models: lrp.rule_variables
     _, heat, rel, all_rel = _crp(
-        model, variables, jnp.asarray(images, jnp.float32), jnp.asarray(targets), jnp.asarray(ch, jnp.int32),
+        model, variables, images, jnp.asarray(targets), jnp.asarray(ch, jnp.int32),
         layer, comp, int(batch_size), bool(abs_norm),
     )  # fmt: skip
     return heat, rel, all_rel

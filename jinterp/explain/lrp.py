@@ -44,6 +44,18 @@ from jinterp.explain.lrp_sites import GRADIENT_MODULES, ConvMap, Site, check_com
 from jinterp.explain.registry import register
 
 
+def rule_variables(variables: dict, images: jax.Array) -> dict:
+    """The variables an LRP pass runs on: no ``perturbations`` collection, floating leaves in the
+    images' dtype. ``lrp_relevance`` / CRP take float32 images (``pipeline.float_dtype``), so a
+    bfloat16 model is explained with its weights in float32 (the ε / z+ rules' divisions lose most
+    of their digits in bfloat16); a fully bfloat16 call through the registry stays bfloat16."""
+    dtype = jnp.result_type(images)
+    return jax.tree.map(
+        lambda v: v.astype(dtype) if jnp.issubdtype(jnp.result_type(v), jnp.floating) else v,
+        strip_perturbations(variables),
+    )
+
+
 def forward(model, variables, images, composite, layers: Sequence[str] = ()):
     """LRP forward pass: ``(logits, maps, backward)``.
 
@@ -51,7 +63,7 @@ def forward(model, variables, images, composite, layers: Sequence[str] = ()):
     ``(R_input (N,H,W,3), {layer: R_layer (N,h,w,C)})``; it can be called (or vmapped) many times
     after one forward pass (CLRP/SGLRP use two initialisations).
     """
-    variables = strip_perturbations(variables)
+    variables = rule_variables(variables, images)
     layers = tuple(layers)
     with lrp_context(model, composite, images.shape):
         _, shapes = jax.eval_shape(lambda: model.apply(variables, images))
