@@ -48,10 +48,6 @@ def matmul_peak(n: int, dtype, repeats: int) -> float:
     return 2 * n**3 / t / 1e12
 
 
-def _cast(tree, dtype):
-    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
 def explainer(workload, model, layer, crp_channels):
     """``fn(variables, x, t)`` for an explainer workload (the forward returns the logits)."""
     if workload == "forward":
@@ -124,7 +120,7 @@ class Setup:
         self.name, self.model = name, ji.backbones.create(name, num_classes=1000)
         key = jax.random.key(0)
         x = jax.random.uniform(key, (batch, size, size, 3))
-        self.variables = _cast(jax.jit(self.model.init)(key, x[:1]), dtype)
+        self.variables = ji.explain.pipeline.cast_floating(jax.jit(self.model.init)(key, x[:1]), dtype)
         self.x, self.t = x.astype(dtype), jnp.arange(batch) % 1000
         self.layer = ji.explain.pipeline.default_layer(self.model)
         shapes = ji.backbones.layer_shapes(self.model, size)

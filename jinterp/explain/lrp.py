@@ -49,11 +49,7 @@ def rule_variables(variables: dict, images: jax.Array) -> dict:
     images' dtype. ``lrp_relevance`` / CRP take float32 images (``pipeline.float_dtype``), so a
     bfloat16 model is explained with its weights in float32 (the ε / z+ rules' divisions lose most
     of their digits in bfloat16); a fully bfloat16 call through the registry stays bfloat16."""
-    dtype = jnp.result_type(images)
-    return jax.tree.map(
-        lambda v: v.astype(dtype) if jnp.issubdtype(jnp.result_type(v), jnp.floating) else v,
-        strip_perturbations(variables),
-    )
+    return pipeline.cast_floating(strip_perturbations(variables), jnp.result_type(images))
 
 
 def forward(model, variables, images, composite, layers: Sequence[str] = ()):

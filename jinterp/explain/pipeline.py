@@ -38,6 +38,13 @@ def float_dtype(x) -> jnp.dtype:
     return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
+def cast_floating(tree, dtype):
+    """``tree`` with its floating leaves (bfloat16 included) cast to ``dtype``, other leaves as they are."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree
+    )
+
+
 def finish(cams: Sequence[jax.Array], size: tuple[int, int]) -> jax.Array:
     """Per-layer (N, h_l, w_l) CAMs -> (N, H, W) float32 heatmaps in [0, 1] (PGC order, module doc);
     float64 ones for float64 maps."""
